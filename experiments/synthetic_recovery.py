@@ -1,0 +1,282 @@
+"""P1 (preserve) and P2 (disentangle) on synthetic worlds: train each objective, measure R²/MCC.
+
+    python experiments/synthetic_recovery.py                  # quick preset: 1 world, 1 seed
+    python experiments/synthetic_recovery.py --preset paper   # 3 worlds × 3 seeds, longer runs
+
+For every (world, objective, seed): fit a fresh model on fresh samples, then on held-out samples
+  preserve_r2[_linear]   R²(z_k | u), u the unnormalised image embedding, per block k
+  nuisance_r2            R²(s_img | u) for the image-only nuisance (theory: → 0)
+  mcc, mcc_spearman      mean matched |corr| between z and u
+  reverse_r2             R²(u | z, s_img) (low values flag a collapsed or noisy embedding)
+and, for SmartCLIP, with captions fixed to each subset S in the support of p(m) (up to a cap)
+  disentangle_in_r2      R²(z_k | v) for k ∈ S, v = u⊙m̂(t)/‖u⊙m̂(t)‖
+  disentangle_out_r2     R²(z_k | v) for k ∉ S (theory: → 0)
+  mask_on                P(m̂_d = 1 | block k described) − P(m̂_d = 1 | not), per block k, dim d
+  block_r2               R²(z_j | u restricted to the dims block k switches on), per (j, k)
+Writes OUT/results.csv (long format), OUT/config.json and PNG plots; resumes an interrupted OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from identifiability.metrics import mcc, r2
+from smartclip.cli import parse_config, require
+from smartclip.fit import FitConfig, TrainSettings, fit
+from smartclip.losses import OBJECTIVES
+from sweep import Job, Progress, run_sweep, write_json
+from synthetic.worlds import World, WorldConfig
+
+NAMED_WORLDS: dict[str, dict] = {
+    "k3-d3": {"block_dims": (3, 3, 3), "include_prob": (0.5,)},
+    "k4-mixed": {"block_dims": (1, 2, 3, 2), "include_prob": (0.3, 0.5, 0.7, 0.5)},
+    "k6-d1": {"block_dims": (1,) * 6, "include_prob": (0.4,)},
+}
+
+
+@dataclass(frozen=True)
+class RecoveryConfig(TrainSettings):
+    """A sweep over worlds × objectives × seeds. World "custom" is the one the world flags define;
+    the others are NAMED_WORLDS (with the nuisance, noise and correlation flags applied)."""
+
+    out: str = field(default="runs/synthetic_recovery", metadata={"help": "output folder"})
+    objectives: tuple[str, ...] = field(default=OBJECTIVES, metadata={"help": "objectives"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds (world, model, data)"})
+    worlds: tuple[str, ...] = field(
+        default=("custom",), metadata={"help": f"custom or {', '.join(NAMED_WORLDS)}"}
+    )
+    n_blocks: int = field(default=4, metadata={"help": "custom world: number of concept blocks"})
+    block_dim: int = field(default=2, metadata={"help": "custom world: dims per block"})
+    include_prob: tuple[float, ...] = field(
+        default=(0.5,), metadata={"help": "custom world: per-block caption inclusion probability"}
+    )
+    always: tuple[int, ...] = field(default=(), metadata={"help": "custom world: always-described"})
+    img_nuisance_dim: int = field(default=2, metadata={"help": "image-only nuisance dims"})
+    txt_nuisance_dim: int = field(default=2, metadata={"help": "text-only nuisance dims"})
+    latent_corr: float = field(default=0.0, metadata={"help": "correlation between blocks"})
+    noise: float = field(default=0.0, metadata={"help": "observation noise std"})
+    n_eval: int = field(default=2000, metadata={"help": "held-out samples per evaluation"})
+    max_subsets: int = field(default=15, metadata={"help": "cap on evaluated caption subsets"})
+    workers: int = field(default=2, metadata={"help": "parallel processes"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_blocks", "block_dim", "n_eval", "max_subsets", "workers"):
+            require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        require(bool(self.objectives), "objectives", "give at least one objective")
+        for o in self.objectives:
+            require(
+                o in OBJECTIVES,
+                "objectives",
+                f"unknown objective {o!r}; choose from " + ", ".join(OBJECTIVES),
+            )
+        require(bool(self.seeds), "seeds", "give at least one seed")
+        require(all(s >= 0 for s in self.seeds), "seeds", "seeds must be non-negative integers")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "seeds must be distinct")
+        for w in self.worlds:
+            require(
+                w == "custom" or w in NAMED_WORLDS,
+                "worlds",
+                f"unknown world {w!r}; choose from custom, {', '.join(NAMED_WORLDS)}",
+            )
+        try:
+            self.world_config("custom", 0)
+        except ValueError as err:
+            raise ValueError(f"custom world: {err}") from None
+
+    def world_config(self, name: str, seed: int) -> WorldConfig:
+        shape = NAMED_WORLDS.get(name) or {
+            "block_dims": (self.block_dim,) * self.n_blocks,
+            "include_prob": self.include_prob,
+            "always": self.always,
+        }
+        return WorldConfig(
+            **shape,
+            img_nuisance_dim=self.img_nuisance_dim,
+            txt_nuisance_dim=self.txt_nuisance_dim,
+            latent_corr=self.latent_corr,
+            noise=self.noise,
+            seed=seed,
+        )
+
+
+PRESETS: dict[str, dict] = {
+    "quick": {},
+    "paper": {"seeds": (0, 1, 2), "worlds": ("custom", *NAMED_WORLDS), "steps": 20_000},
+}
+
+
+def block_names(world: WorldConfig) -> list[str]:
+    return [f"z{k}" for k in range(world.n_blocks)]
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
+    """u (image embedding), and for models with a mask network m̂(t) and v = u⊙m̂/‖u⊙m̂‖."""
+    with torch.no_grad():
+        u = model.encode_image(x)
+        out = {"u": u.numpy()}
+        if model.masknet is not None:
+            m = model.masknet(model.encode_text(t)[1])
+            out["m"] = m.numpy()
+            out["v"] = torch.nn.functional.normalize(u * m, dim=-1).numpy()
+    return out
+
+
+def measure(
+    world: World, model: torch.nn.Module, n_eval: int, max_subsets: int, seed: int
+) -> list[dict]:
+    """All quantities of the module docstring as rows (world/objective/seed filled by caller)."""
+    c = world.config
+    names = block_names(c)
+    batch = world.sample(n_eval, seed=10_000 + seed)
+    emb = embed(model, batch.x, batch.t)
+    z = batch.z.numpy()
+    blocks = {n: z[:, s] for n, s in zip(names, c.block_slices, strict=True)}
+    rows: list[dict] = []
+
+    def row(quantity: str, value: float, block: str = "", subset: str = "", dim: object = ""):
+        rows.append(
+            {
+                "quantity": quantity,
+                "block": block,
+                "subset": subset,
+                "dim": dim,
+                "value": float(value),
+            }
+        )
+
+    u = emb["u"]
+    for name, target in blocks.items():
+        row("preserve_r2", r2(u, target), name)
+        row("preserve_r2_linear", r2(u, target, "linear"), name)
+    if c.img_nuisance_dim:
+        row("nuisance_r2", r2(u, batch.s_img.numpy()), "s_img")
+    row("mcc", mcc(z, u), "all")
+    row("mcc_spearman", mcc(z, u, "spearman"), "all")
+    row("reverse_r2", r2(np.concatenate([z, batch.s_img.numpy()], 1), u), "all")
+    if "m" not in emb:
+        return rows
+
+    m, present = emb["m"], batch.m.numpy().astype(bool)
+    owned = {}
+    for k, name in enumerate(names):
+        if present[:, k].all() or not present[:, k].any():
+            continue  # presence never varies: no contrast to measure
+        on = m[present[:, k]].mean(0) - m[~present[:, k]].mean(0)
+        for d, value in enumerate(on):
+            row("mask_on", value, name, dim=d)
+        owned[name] = np.flatnonzero(on > 0.5)
+    for group, dims in owned.items():
+        for name, target in blocks.items():
+            if len(dims):
+                row("block_r2", r2(u[:, dims], target), name, subset=f"dims({group})")
+
+    for subset in c.support()[:max_subsets]:
+        fixed = world.sample(n_eval, seed=20_000 + seed, mask=subset)
+        v = embed(model, fixed.x, fixed.t)["v"]
+        label = "+".join(names[k] for k in subset)
+        for k, s in enumerate(c.block_slices):
+            quantity = "disentangle_in_r2" if k in subset else "disentangle_out_r2"
+            row(quantity, r2(v, fixed.z[:, s].numpy()), names[k], subset=label)
+    return rows
+
+
+def run_one(
+    progress: Progress,
+    world_config: WorldConfig,
+    fit_config: FitConfig,
+    n_eval: int,
+    max_subsets: int,
+) -> list[dict]:
+    """generate → train → evaluate, for one (world, objective, seed)."""
+    world = World(world_config)
+    losses: list[float] = []
+
+    def on_step(step: int, terms: dict[str, float]) -> None:
+        losses.append(terms["loss"])
+        if (step + 1) % 100 == 0:
+            progress(100)
+
+    model = fit(world, fit_config, on_step)
+    progress(fit_config.steps % 100)
+    rows = measure(world, model, n_eval, max_subsets, fit_config.seed)
+    rows.append(
+        {
+            "quantity": "final_loss",
+            "block": "",
+            "subset": "",
+            "dim": "",
+            "value": float(np.mean(losses[-100:])),
+        }
+    )
+    return rows
+
+
+def jobs(cfg: RecoveryConfig) -> list[Job]:
+    out = []
+    for world in cfg.worlds:
+        for objective in cfg.objectives:
+            for seed in cfg.seeds:
+                fit_config = FitConfig(**cfg.settings(), objective=objective, seed=seed)
+                meta = {"world": world, "objective": objective, "seed": seed}
+                out.append(
+                    Job(
+                        key=f"{world}-{objective}-seed{seed}",
+                        fn=tag_rows,
+                        kwargs={
+                            "meta": meta,
+                            "world_config": cfg.world_config(world, seed),
+                            "fit_config": fit_config,
+                            "n_eval": cfg.n_eval,
+                            "max_subsets": cfg.max_subsets,
+                        },
+                        steps=cfg.steps,
+                    )
+                )
+    return out
+
+
+def tag_rows(progress: Progress, meta: dict, **kwargs) -> list[dict]:
+    return [{**meta, **r} for r in run_one(progress, **kwargs)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(RecoveryConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+    out = Path(cfg.out)
+    write_json(
+        {"config": cfg, "worlds": {w: cfg.world_config(w, 0) for w in cfg.worlds}},
+        out / "config.json",
+    )
+    results = run_sweep(jobs(cfg), out, cfg.workers, desc="synthetic_recovery")
+    print(summary_table(results))
+    print(f"results: {out / 'results.csv'}")
+
+
+def summary_table(results) -> str:
+    """Mean (min-max over seeds) of the headline quantities, per world and objective."""
+    keep = [
+        "preserve_r2",
+        "preserve_r2_linear",
+        "nuisance_r2",
+        "mcc",
+        "disentangle_in_r2",
+        "disentangle_out_r2",
+    ]
+    r = results[results.quantity.isin(keep)]
+    per_seed = r.groupby(["world", "objective", "quantity", "seed"]).value.mean()
+    stats = per_seed.groupby(["world", "objective", "quantity"]).agg(["mean", "min", "max"])
+    table = stats.apply(lambda s: f"{s['mean']:.3f} ({s['min']:.2f}-{s['max']:.2f})", axis=1)
+    return (
+        table.unstack("quantity")
+        .reindex(columns=[q for q in keep if q in r.quantity.unique()])
+        .to_string()
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Identifiability metrics and the theory's assumptions as executable checks."""

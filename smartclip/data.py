@@ -1,0 +1,760 @@
+"""Image-text data for full-scale training: four annotation formats behind one record model.
+
+Public API
+----------
+``Record(image, captions, image_id)``  an image (path or encoded bytes) with its captions
+``Annotations(records, n_malformed)``  what every loader returns; malformed entries are counted
+``load_csv(path, *, img_key="filepath", caption_key="title", sep=",", id_key=None, ...)``
+``load_sharegpt4v(path, *, image_root=None)``        caption = the gpt turn
+``load_coco(path, *, image_root=None, split=None)``  official COCO captions or Karpathy layout
+``load_wds(pattern)``                              all samples of webdataset shards, images as bytes
+``load_annotations(source, fmt=None, **options)``  dispatch on ``fmt`` or on the file extension
+``expand_shards(pattern) -> list[str]``            ``"a/{000..009}.tar::b/{x,y}.tar"``
+``sample_sentence_prefix(caption, rng) -> str``    first k sentences, k uniform in 1..n
+``ImageTextDataset``  map-style ``(image, tokens)`` over records (``None`` for unreadable images)
+``ShardDataset``      iterable ``(image, tokens)`` over shards, split by rank, then by worker
+``Batch(images, texts, n_dropped)``, ``collate_skipping(samples) -> Batch``
+``build_train_loader(source, transform, tokenizer, *, batch_size, ...) -> TrainData``
+``TrainData(loader, sampler, n_malformed, num_samples)``, ``.set_epoch(epoch)`` before each epoch
+``build_eval_set(source, fmt=None, **options) -> EvalSet``  images, captions, text->image index
+
+``transform`` maps a RGB ``PIL.Image`` to a tensor (open_clip's preprocess); ``tokenizer`` maps a
+list of strings to a ``[n, context]`` tensor (open_clip's tokenizer). Relative image paths are
+resolved against ``image_root``, which defaults to the annotation file's directory. Nothing bad in
+the data crashes a run: malformed annotation entries are counted in ``Annotations.n_malformed``,
+unreadable images and malformed shard samples become ``None`` samples that ``collate_skipping``
+drops and counts in ``Batch.n_dropped``; both are logged through ``logging``.
+
+Retrieval benchmarks map onto the loaders: COCO 5k and Flickr30k (``load_coco``, Karpathy
+``split="test"``, five captions per image); ShareGPT4V-1k (``load_sharegpt4v``); Urban1k, DCI and
+DOCCI with one long caption per image (a CSV/TSV of image path and caption, or ShareGPT4V JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    get_worker_info,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("csv", "tsv", "sharegpt4v", "coco", "wds")
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+Tokenizer = Callable[[list[str]], torch.Tensor]
+Sample = tuple[torch.Tensor, torch.Tensor]
+T = TypeVar("T")
+
+_MAX_LOGGED = 5  # malformed entries logged one by one per file; the rest only in the summary
+_BOUNDARY = re.compile(r"[.!?]+(?=\s)")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"(\d+)\.\.(\d+)")
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+_SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image (a file path or encoded bytes) and all of its captions."""
+
+    image: Path | bytes
+    captions: tuple[str, ...]
+    image_id: str
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Records of one annotation source and how many malformed entries were skipped."""
+
+    records: list[Record]
+    n_malformed: int
+
+
+class _Skips:
+    """Counts skipped entries of one source; logs the first few and a summary."""
+
+    def __init__(self, source: object) -> None:
+        self.source = source
+        self.count = 0
+
+    def __call__(self, where: str, why: str) -> None:
+        self.count += 1
+        if self.count <= _MAX_LOGGED:
+            logger.warning("%s: skipping malformed %s: %s", self.source, where, why)
+
+    def summary(self) -> int:
+        if self.count:
+            logger.warning("%s: skipped %d malformed entries", self.source, self.count)
+        return self.count
+
+
+def _group(entries: Iterable[tuple[str, Path | bytes, str]]) -> list[Record]:
+    """Merge ``(image_id, image, caption)`` entries into one record per image id, in order."""
+    images: dict[str, Path | bytes] = {}
+    captions: dict[str, list[str]] = {}
+    for image_id, image, caption in entries:
+        images.setdefault(image_id, image)
+        captions.setdefault(image_id, []).append(caption)
+    return [Record(images[i], tuple(captions[i]), i) for i in images]
+
+
+def _root(path: Path, image_root: str | Path | None) -> Path:
+    return path.parent if image_root is None else Path(image_root)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+
+
+def _text(value: object) -> str | None:
+    """A stripped non-empty string, or None."""
+    return (value.strip() or None) if isinstance(value, str) else None
+
+
+# ---------------------------------------------------------------------------------------- loaders
+
+
+def load_csv(
+    path: str | Path,
+    *,
+    img_key: str = "filepath",
+    caption_key: str = "title",
+    sep: str = ",",
+    id_key: str | None = None,
+    image_root: str | Path | None = None,
+) -> Annotations:
+    """Rows of (image path, caption) with a header, as open_clip's ``--csv-*`` options read them.
+
+    Rows sharing an image id (the ``id_key`` column, else the path as written) become one record
+    with several captions. Rows with missing, empty, extra or undecodable fields are skipped.
+    """
+    path = Path(path)
+    root, skip = _root(path, image_root), _Skips(path)
+    keys = [img_key, caption_key] + ([id_key] if id_key else [])
+    entries = []
+    with path.open(newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.DictReader(fh, delimiter=sep)
+        missing = set(keys) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}; has {reader.fieldnames}")
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                skip(f"row at line {reader.line_num}", str(err))
+                continue
+            values = [_text(row[k]) for k in keys]
+            if None in row:
+                skip(f"row at line {reader.line_num}", "more fields than the header")
+            elif None in values:
+                skip(f"row at line {reader.line_num}", f"empty or missing {keys} field")
+            elif any("\ufffd" in v for v in values):
+                skip(f"row at line {reader.line_num}", "invalid UTF-8")
+            else:
+                image, caption = values[0], values[1]
+                entries.append((values[2] if id_key else image, root / image, caption))
+    skip.summary()
+    return Annotations(_group(entries), skip.count)
+
+
+def load_sharegpt4v(path: str | Path, *, image_root: str | Path | None = None) -> Annotations:
+    """A JSON list of ``{"image", "conversations": [{"from": "human"}, {"from": "gpt"}]}``.
+
+    The caption is the first gpt turn; the image id is the entry's ``id``, else its image path.
+    """
+    path = Path(path)
+    root, skip = _root(path, image_root), _Skips(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: ShareGPT4V annotations must be a JSON list")
+    entries = []
+    for i, item in enumerate(data):
+        image = _text(item.get("image")) if isinstance(item, dict) else None
+        turns = item.get("conversations") if isinstance(item, dict) else None
+        turns = turns if isinstance(turns, list) else []
+        gpt = (
+            _text(t.get("value")) for t in turns if isinstance(t, dict) and t.get("from") == "gpt"
+        )
+        caption = next(gpt, None)
+        if image is None or caption is None:
+            skip(f"entry {i}", "needs an 'image' path and a non-empty gpt turn")
+        else:
+            entries.append((str(item.get("id", image)), root / image, caption))
+    skip.summary()
+    return Annotations(_group(entries), skip.count)
+
+
+def load_coco(
+    path: str | Path,
+    *,
+    image_root: str | Path | None = None,
+    split: str | Sequence[str] | None = None,
+) -> Annotations:
+    """COCO/Flickr caption JSON, several captions per image, in either layout.
+
+    Official COCO: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``,
+    ``caption``); image ids are ``id``. Karpathy: ``images`` with ``filename``, optional
+    ``filepath``, ``split`` and ``sentences`` (``raw``); ``split`` (e.g. ``"test"`` or
+    ``("train", "restval")``) keeps only those entries; ids are ``cocoid``, else ``imgid``, else
+    the relative path.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: COCO-style JSON needs an 'images' list")
+    root, skip = _root(path, image_root), _Skips(path)
+    if "annotations" in data:
+        if split is not None:
+            raise ValueError(f"{path}: official COCO layout has no splits; pass split=None")
+        records = _coco_official(data, root, skip)
+    else:
+        splits = None if split is None else {split} if isinstance(split, str) else set(split)
+        records = _coco_karpathy(data["images"], root, splits, skip)
+    skip.summary()
+    return Annotations(records, skip.count)
+
+
+def _coco_official(data: dict[str, Any], root: Path, skip: _Skips) -> list[Record]:
+    files: dict[int | str, Path] = {}
+    for i, image in enumerate(data["images"]):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        file_name = _text(image.get("file_name")) if isinstance(image, dict) else None
+        if not isinstance(image_id, int | str) or file_name is None:
+            skip(f"images[{i}]", "needs an 'id' and a 'file_name'")
+        else:
+            files[image_id] = root / file_name
+    annotations = data["annotations"]
+    if not isinstance(annotations, list):
+        raise ValueError("COCO 'annotations' must be a list")
+    captions: dict[int | str, list[str]] = {image_id: [] for image_id in files}
+    for i, ann in enumerate(annotations):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        caption = _text(ann.get("caption")) if isinstance(ann, dict) else None
+        if not isinstance(image_id, int | str) or image_id not in files or caption is None:
+            skip(f"annotations[{i}]", "needs a known 'image_id' and a non-empty 'caption'")
+        else:
+            captions[image_id].append(caption)
+    for image_id in [i for i, caps in captions.items() if not caps]:
+        skip(f"image {image_id}", "no captions")
+    return [Record(files[i], tuple(caps), str(i)) for i, caps in captions.items() if caps]
+
+
+def _coco_karpathy(
+    images: list[Any], root: Path, splits: set[str] | None, skip: _Skips
+) -> list[Record]:
+    records = []
+    for i, image in enumerate(images):
+        if not isinstance(image, dict):
+            skip(f"images[{i}]", "not an object")
+            continue
+        if splits is not None and image.get("split") not in splits:
+            continue
+        filename, filepath = _text(image.get("filename")), image.get("filepath", "")
+        sentences = image.get("sentences")
+        if filename is None or not isinstance(filepath, str) or not isinstance(sentences, list):
+            skip(f"images[{i}]", "needs 'filename', a string 'filepath' and a 'sentences' list")
+            continue
+        captions = []
+        for j, sentence in enumerate(sentences):
+            raw = _text(sentence.get("raw")) if isinstance(sentence, dict) else None
+            if raw is None:
+                skip(f"images[{i}].sentences[{j}]", "needs a non-empty 'raw'")
+            else:
+                captions.append(raw)
+        relative = Path(filepath) / filename
+        image_id = str(image.get("cocoid", image.get("imgid", relative)))
+        if captions:
+            records.append(Record(root / relative, tuple(captions), image_id))
+        else:
+            skip(f"images[{i}]", "no captions")
+    return records
+
+
+def load_wds(pattern: str | Sequence[str]) -> Annotations:
+    """Every sample of the shards (e.g. for an eval set); unreadable shards count as one entry."""
+    urls = expand_shards(pattern) if isinstance(pattern, str) else list(pattern)
+    records = []
+    skip = _Skips(pattern)
+    for url in urls:
+        try:
+            for sample in _iter_tar(url):
+                try:
+                    records.append(_parse_sample(sample))
+                except ValueError as err:
+                    skip(f"sample {url}:{sample['__key__']}", str(err))
+        except _SHARD_ERRORS as err:
+            skip(f"shard {url}", f"unreadable, rest skipped: {err}")
+    skip.summary()
+    return Annotations(records, skip.count)
+
+
+def detect_format(source: str | Path) -> str:
+    """``wds`` for ``.tar``/``.tgz`` (brace patterns too), ``csv``/``tsv`` by extension, and for
+    ``.json`` ``sharegpt4v`` (a list) or ``coco`` (an object), judged by the first character."""
+    name = str(source)
+    if name.endswith((".tar", ".tar.gz", ".tgz")):
+        return "wds"
+    suffix = Path(name).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    if suffix == ".json":
+        with open(name, encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+        if head.startswith("["):
+            return "sharegpt4v"
+        if head.startswith("{"):
+            return "coco"
+    raise ValueError(f"cannot tell the format of {name!r}; pass fmt= one of {FORMATS}")
+
+
+def load_annotations(source: str | Path, fmt: str | None = None, **options: Any) -> Annotations:
+    """Load any supported format; ``options`` go to the format's loader (``tsv`` sets ``sep``)."""
+    fmt = fmt or detect_format(source)
+    if fmt == "csv":
+        return load_csv(source, **options)
+    if fmt == "tsv":
+        return load_csv(source, **{"sep": "\t", **options})
+    if fmt == "sharegpt4v":
+        return load_sharegpt4v(source, **options)
+    if fmt == "coco":
+        return load_coco(source, **options)
+    if fmt == "wds":
+        return load_wds(str(source), **options)
+    raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+
+
+# ------------------------------------------------------------------------------------ webdataset
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Expand ``{000..009}`` ranges (zero padding kept) and ``{a,b}`` lists; ``::`` joins patterns.
+
+    Braces do not nest.
+    """
+    urls: list[str] = []
+    for part in pattern.split("::"):
+        urls += _expand(part)
+    return urls
+
+
+def _expand(pattern: str) -> list[str]:
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    span = _RANGE.fullmatch(match.group(1))
+    if span:
+        lo, hi = span.groups()
+        if int(lo) > int(hi):
+            raise ValueError(f"empty range {{{lo}..{hi}}} in {pattern!r}")
+        width = len(lo) if lo.startswith("0") else 0
+        options = [f"{i:0{width}d}" for i in range(int(lo), int(hi) + 1)]
+    else:
+        options = match.group(1).split(",")
+    head, tails = pattern[: match.start()], _expand(pattern[match.end() :])
+    return [head + option + tail for option in options for tail in tails]
+
+
+def _iter_tar(url: str) -> Iterator[dict[str, Any]]:
+    """Samples of a local tar shard: consecutive members sharing a key (the name up to the first
+    dot of the basename), as ``{"__key__": key, extension: bytes}``."""
+    sample: dict[str, Any] = {}
+    with tarfile.open(url, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, _, base = member.name.rpartition("/")
+            stem, _, extension = base.partition(".")
+            key = f"{directory}/{stem}" if directory else stem
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample["__key__"] = key
+            sample[extension.lower()] = tar.extractfile(member).read()
+    if sample:
+        yield sample
+
+
+def _parse_sample(sample: dict[str, Any]) -> Record:
+    """A record from a shard sample: image from jpg/jpeg/png/webp, captions from the ``json``
+    ``captions``/``caption`` field, else ``txt``. Raises ValueError when either is missing."""
+    image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+    if image is None:
+        raise ValueError(f"no image among {sorted(k for k in sample if k != '__key__')}")
+    captions: list[Any] = []
+    if "json" in sample:
+        meta = json.loads(sample["json"])
+        value = meta.get("captions", meta.get("caption")) if isinstance(meta, dict) else None
+        captions = value if isinstance(value, list) else [value]
+    if not any(_text(c) for c in captions) and "txt" in sample:
+        captions = [sample["txt"].decode("utf-8")]
+    texts = tuple(t for t in (_text(c) for c in captions) if t is not None)
+    if not texts:
+        raise ValueError("no caption in 'json' or 'txt'")
+    return Record(image, texts, sample["__key__"])
+
+
+# --------------------------------------------------------------------------------------- samples
+
+
+def sample_sentence_prefix(caption: str, rng: np.random.Generator) -> str:
+    """The caption's first k sentences, k uniform in 1..n (a literal prefix, trailing space cut).
+
+    Sentences end at ``.``, ``!`` or ``?`` followed by whitespace (so "e.g. x" splits too).
+    """
+    text = caption.rstrip()
+    ends = [m.end() for m in _BOUNDARY.finditer(text)]
+    if not ends or ends[-1] < len(text):
+        ends.append(len(text))
+    return text[: ends[int(rng.integers(len(ends)))]]
+
+
+def _open_image(image: Path | bytes, where: str) -> Image.Image | None:
+    """Decode to RGB, or log and return None if the file is missing or not a readable image."""
+    try:
+        with Image.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            return opened.convert("RGB")
+    except _IMAGE_ERRORS as err:
+        logger.warning("skipping unreadable image %s: %s", where, err)
+        return None
+
+
+def _make_sample(
+    record: Record,
+    transform: Transform,
+    tokenizer: Tokenizer,
+    rng: np.random.Generator | None,
+    sentence_sampling: bool,
+) -> Sample | None:
+    """``(transform(image), tokens)``; with an ``rng`` (training) a random caption, maybe cut."""
+    where = str(record.image) if isinstance(record.image, Path) else record.image_id
+    image = _open_image(record.image, where)
+    if image is None:
+        return None
+    caption = record.captions[0]
+    if rng is not None:
+        caption = record.captions[int(rng.integers(len(record.captions)))]
+        if sentence_sampling:
+            caption = sample_sentence_prefix(caption, rng)
+    return transform(image), tokenizer([caption])[0]
+
+
+class ImageTextDataset(Dataset):
+    """Map-style ``(image, tokens)`` over records; ``None`` where the image cannot be read.
+
+    With ``train=True`` each item draws one of the record's captions and, if
+    ``sentence_sampling``, its first k sentences, from ``default_rng([seed, epoch, index])``: the
+    same whatever the worker. Otherwise the first caption is used whole. Call ``set_epoch`` before
+    each epoch (the loader must not use persistent workers).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        transform: Transform,
+        tokenizer: Tokenizer,
+        *,
+        train: bool = True,
+        sentence_sampling: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.records = records
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.train = train
+        self.sentence_sampling = sentence_sampling
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        record = self.records[index]
+        return _make_sample(record, self.transform, self.tokenizer, rng, self.sentence_sampling)
+
+
+class ShardDataset(IterableDataset):
+    """Iterable ``(image, tokens)`` over webdataset shards; ``None`` for each bad sample or shard.
+
+    Shards (reshuffled per epoch when ``train``) go round-robin to ``world_size * num_workers``
+    readers, so every sample is read exactly once per epoch when all ranks use the same number of
+    workers; ranks with fewer shards than readers leave readers idle. With ``train`` samples pass a
+    ``shuffle_buffer``-sized shuffle and captions are drawn as in ``ImageTextDataset``.
+    """
+
+    def __init__(
+        self,
+        pattern: str | Sequence[str],
+        transform: Transform,
+        tokenizer: Tokenizer,
+        *,
+        train: bool = True,
+        sentence_sampling: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 256,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
+        self.urls = expand_shards(pattern) if isinstance(pattern, str) else list(pattern)
+        if not self.urls:
+            raise ValueError(f"no shards in {pattern!r}")
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.train = train
+        self.sentence_sampling = sentence_sampling
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shards_for(self, worker: int, num_workers: int) -> list[int]:
+        """Indices into ``urls`` read by this rank's ``worker`` (of ``num_workers``) this epoch."""
+        order = np.arange(len(self.urls))
+        if self.train:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
+        readers = self.world_size * num_workers
+        return [int(i) for i in order[self.rank * num_workers + worker :: readers]]
+
+    def __iter__(self) -> Iterator[Sample | None]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        shards = self.shards_for(worker, num_workers)
+        if not shards:
+            logger.warning("rank %d worker %d has no shards to read", self.rank, worker)
+        raw: Iterable[tuple[int, int, dict[str, Any]] | None] = self._raw(shards)
+        if self.train and self.shuffle_buffer > 1:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+            raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
+        for item in raw:
+            yield None if item is None else self._prepare(*item)
+
+    def _raw(self, shards: list[int]) -> Iterator[tuple[int, int, dict[str, Any]] | None]:
+        for shard in shards:
+            try:
+                for index, sample in enumerate(_iter_tar(self.urls[shard])):
+                    yield shard, index, sample
+            except _SHARD_ERRORS as err:
+                logger.warning("%s: unreadable shard, rest skipped: %s", self.urls[shard], err)
+                yield None
+
+    def _prepare(self, shard: int, index: int, sample: dict[str, Any]) -> Sample | None:
+        try:
+            record = _parse_sample(sample)
+        except ValueError as err:
+            logger.warning("%s: skipping sample %s: %s", self.urls[shard], sample["__key__"], err)
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, shard, index]) if self.train else None
+        return _make_sample(record, self.transform, self.tokenizer, rng, self.sentence_sampling)
+
+
+def _buffer_shuffle(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
+    """Approximately shuffle a stream while holding at most ``size`` items."""
+    buffer: list[T] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            j = int(rng.integers(len(buffer)))
+            buffer[j], buffer[-1] = buffer[-1], buffer[j]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class Batch(NamedTuple):
+    """Stacked images ``[B, ...]`` and tokens ``[B, L]``, and how many failed samples were dropped.
+
+    ``B`` may be smaller than the batch size, and 0 (empty tensors) if every sample failed.
+    """
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    n_dropped: int
+
+
+def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
+    """Stack the good samples; count the ``None`` ones."""
+    good = [s for s in samples if s is not None]
+    n_dropped = len(samples) - len(good)
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), n_dropped)
+    return Batch(torch.stack([s[0] for s in good]), torch.stack([s[1] for s in good]), n_dropped)
+
+
+# --------------------------------------------------------------------------------------- loaders
+
+
+@dataclass
+class TrainData:
+    """A training loader and its bookkeeping; call ``set_epoch(epoch)`` before each epoch.
+
+    ``n_malformed``: annotation entries skipped at load time (shard problems show up per batch
+    in ``Batch.n_dropped`` instead). ``num_samples``: images this rank sees per epoch (None for
+    shards, whose size is unknown up front).
+    """
+
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    n_malformed: int
+    num_samples: int | None
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.loader.dataset.set_epoch(epoch)
+
+
+def build_train_loader(
+    source: str | Path,
+    transform: Transform,
+    tokenizer: Tokenizer,
+    *,
+    batch_size: int,
+    fmt: str | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+    sentence_sampling: bool = True,
+    shuffle_buffer: int = 256,
+    pin_memory: bool = False,
+    **options: Any,
+) -> TrainData:
+    """A shuffling loader of ``Batch`` es for one rank.
+
+    File formats use a ``DistributedSampler`` (also for one process, for seeded shuffling);
+    shards are split by rank and worker. ``options`` go to the format's loader (e.g.
+    ``img_key``, ``caption_key``, ``sep``, ``image_root``, ``split``).
+    """
+    fmt = fmt or detect_format(source)
+    common = {"train": True, "sentence_sampling": sentence_sampling, "seed": seed}
+    loader_args = {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "collate_fn": collate_skipping,
+        "drop_last": drop_last,
+        "pin_memory": pin_memory,
+    }
+    if fmt == "wds":
+        if options:
+            raise TypeError(f"shards take no loader options, got {sorted(options)}")
+        shards = ShardDataset(
+            str(source),
+            transform,
+            tokenizer,
+            rank=rank,
+            world_size=world_size,
+            shuffle_buffer=shuffle_buffer,
+            **common,
+        )
+        return TrainData(DataLoader(shards, **loader_args), None, 0, None)
+    annotations = load_annotations(source, fmt, **options)
+    if not annotations.records:
+        raise ValueError(f"{source}: no usable records ({annotations.n_malformed} malformed)")
+    dataset = ImageTextDataset(annotations.records, transform, tokenizer, **common)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+    )
+    loader = DataLoader(dataset, sampler=sampler, **loader_args)
+    return TrainData(loader, sampler, annotations.n_malformed, len(sampler))
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A retrieval benchmark: every image, every caption, and the image each caption describes.
+
+    ``text_to_image[t]`` is the index in ``images`` of caption ``t``'s image. ``n_malformed``
+    annotation entries and ``n_bad_images`` unreadable images were left out.
+    """
+
+    images: tuple[Path | bytes, ...]
+    image_ids: tuple[str, ...]
+    captions: tuple[str, ...]
+    text_to_image: torch.Tensor
+    n_malformed: int
+    n_bad_images: int
+
+    def image_to_texts(self) -> list[list[int]]:
+        """Caption indices of each image."""
+        texts: list[list[int]] = [[] for _ in self.images]
+        for t, i in enumerate(self.text_to_image.tolist()):
+            texts[i].append(t)
+        return texts
+
+    def image_loader(
+        self, transform: Transform, batch_size: int = 64, num_workers: int = 0
+    ) -> DataLoader:
+        """Batches of transformed images, in order."""
+        return DataLoader(
+            _EvalImages(self.images, transform), batch_size=batch_size, num_workers=num_workers
+        )
+
+
+class _EvalImages(Dataset):
+    def __init__(self, images: Sequence[Path | bytes], transform: Transform) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = _open_image(self.images[index], f"eval image {index}")
+        if image is None:
+            raise RuntimeError(f"eval image {index} is unreadable; build with check_images=True")
+        return self.transform(image)
+
+
+def build_eval_set(
+    source: str | Path, fmt: str | None = None, *, check_images: bool = True, **options: Any
+) -> EvalSet:
+    """Load an eval set; with ``check_images`` unreadable images (and their captions) are dropped,
+    counted and logged up front, so indices stay consistent during evaluation."""
+    annotations = load_annotations(source, fmt, **options)
+    records = annotations.records
+    if check_images:
+        records = [r for r in records if _open_image(r.image, f"{source}:{r.image_id}") is not None]
+    index = [i for i, r in enumerate(records) for _ in r.captions]
+    return EvalSet(
+        images=tuple(r.image for r in records),
+        image_ids=tuple(r.image_id for r in records),
+        captions=tuple(c for r in records for c in r.captions),
+        text_to_image=torch.tensor(index, dtype=torch.long),
+        n_malformed=annotations.n_malformed,
+        n_bad_images=len(annotations.records) - len(records),
+    )

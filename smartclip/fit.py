@@ -1,0 +1,113 @@
+"""Fit a small SmartCLIP or CLIP model on a synthetic world: fresh samples every step.
+
+θ ← Adam(θ, ∇_θ L(f_θ(x), g_θ(t)))  with a cosine learning-rate decay after a linear warm-up
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from smartclip.cli import require
+from smartclip.encoders import SyntheticCLIP
+from smartclip.losses import OBJECTIVES, objective_loss
+from synthetic.worlds import World
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Model and optimisation settings shared by every synthetic run of a sweep."""
+
+    steps: int = 10_000
+    batch_size: int = 512
+    lr: float = 2e-3
+    warmup: int = 200
+    embed_dim: int = 16
+    hidden: int = 128
+    depth: int = 3
+    text_width: int = 64
+    logit_scale: float = 10.0
+    learn_logit_scale: bool = False
+    loss_weights: tuple[float, float, float] = (10.0, 10.0, 2.0)
+    mask_hard: bool = True
+    mask_detach: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "embed_dim", "hidden", "depth", "text_width"):
+            require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        require(self.warmup >= 0, "warmup", f"must be non-negative, got {self.warmup}")
+        require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(self.logit_scale > 0, "logit_scale", f"must be positive, got {self.logit_scale}")
+        require(len(self.loss_weights) == 3, "loss_weights", "needs 3 values: sidm,dism,sparsity")
+
+    def settings(self) -> dict:
+        """The TrainSettings fields of this config (for building a FitConfig from a sweep's)."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainSettings)}
+
+
+@dataclass(frozen=True)
+class FitConfig(TrainSettings):
+    """One run: shared settings plus the objective and the seed of model and data."""
+
+    objective: str = "smartclip"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            self.objective in OBJECTIVES,
+            "objective",
+            f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}",
+        )
+
+
+def build_model(world: World, cfg: FitConfig) -> SyntheticCLIP:
+    torch.manual_seed(cfg.seed)
+    return SyntheticCLIP(
+        world.x_dim,
+        world.t_dim,
+        embed_dim=cfg.embed_dim,
+        hidden=cfg.hidden,
+        depth=cfg.depth,
+        text_width=cfg.text_width,
+        with_mask=cfg.objective == "smartclip",
+        mask_hard=cfg.mask_hard,
+        mask_detach=cfg.mask_detach,
+        logit_scale=cfg.logit_scale,
+        learn_logit_scale=cfg.learn_logit_scale,
+    )
+
+
+def cosine_lr(step: int, total: int, warmup: int) -> float:
+    """Multiplier: linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    world: World,
+    cfg: FitConfig,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> SyntheticCLIP:
+    """Train a fresh model for cfg.steps; `on_step(step, losses)` is called after every step."""
+    model = build_model(world, cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup))
+    data_seed = cfg.seed * 1_000_003 + 17
+    for step in range(cfg.steps):
+        batch = world.sample(cfg.batch_size, seed=data_seed + step)
+        out = objective_loss(
+            cfg.objective, model(batch.x, batch.t), model.logit_scale, weights=cfg.loss_weights
+        )
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step, {"loss": out.total.item(), **{k: v.item() for k, v in out.terms.items()}})
+    return model

@@ -1,0 +1,1 @@
+"""Synthetic worlds with ground truth: latent blocks, caption masks, invertible generators."""

@@ -1,0 +1,41 @@
+import torch
+
+from smartclip.masknet import MaskNet, straight_through_threshold
+
+
+def test_straight_through_forward_hard_backward_identity():
+    p = torch.tensor([0.2, 0.5, 0.7, 0.99], requires_grad=True)
+    m = straight_through_threshold(p)
+    assert torch.equal(m, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    (m * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert torch.equal(p.grad, torch.tensor([1.0, 2.0, 3.0, 4.0]))
+
+
+def test_masknet_shapes_hard_values_and_detached_input():
+    torch.manual_seed(0)
+    net = MaskNet(width=16, embed_dim=10, heads=4)
+    states = torch.randn(3, 7, 16, requires_grad=True)
+    m = net(states)
+    assert m.shape == (3, 10)
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    m.sum().backward()
+    assert states.grad is None  # the text graph receives nothing from the mask network
+    assert net.proj.weight.grad is not None and net.proj.weight.grad.abs().sum() > 0
+
+
+def test_soft_mask_and_single_token_input():
+    torch.manual_seed(0)
+    net = MaskNet(width=8, embed_dim=5, heads=2, hard=False, detach=False)
+    states = torch.randn(4, 8, requires_grad=True)
+    m = net(states)
+    assert m.shape == (4, 5) and ((m > 0) & (m < 1)).all()
+    m.sum().backward()
+    assert states.grad is not None
+
+
+def test_attention_pooling_is_permutation_invariant_over_tokens():
+    torch.manual_seed(1)
+    net = MaskNet(width=8, embed_dim=6, heads=2, hard=False)
+    states = torch.randn(2, 5, 8)
+    perm = torch.randperm(5)
+    assert torch.allclose(net(states), net(states[:, perm]), atol=1e-6)
