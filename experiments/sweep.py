@@ -55,8 +55,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> pd.DataFrame:
-    frame = pd.DataFrame(list(rows), columns=COLUMNS)
+def write_rows(
+    rows: Iterable[dict[str, Any]], path: Path, columns: list[str] | None = COLUMNS
+) -> pd.DataFrame:
+    """Rows as CSV (atomically); `columns=None` keeps the rows' own keys."""
+    frame = pd.DataFrame(list(rows), columns=columns)
     atomic_write_text(path, frame.to_csv(index=False))
     return frame
 
@@ -82,8 +85,15 @@ def _run_job(job: Job, progress_queue: Any) -> list[dict[str, Any]]:
     return job.fn(lambda n: progress_queue.put(n), **job.kwargs)
 
 
-def run_sweep(jobs: list[Job], out: Path, workers: int = 2, desc: str = "sweep") -> pd.DataFrame:
-    """Run the jobs not yet finished under `out/runs`, then return (and write) all results."""
+def run_sweep(
+    jobs: list[Job],
+    out: Path,
+    workers: int = 2,
+    desc: str = "sweep",
+    columns: list[str] | None = COLUMNS,
+) -> pd.DataFrame:
+    """Run the jobs not yet finished under `out/runs`, then return (and write to
+    `out/results.csv`) all results; `columns=None` for rows that are not long-format results."""
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     keys = [j.key for j in jobs]
@@ -105,7 +115,7 @@ def run_sweep(jobs: list[Job], out: Path, workers: int = 2, desc: str = "sweep")
                     _drain(progress_queue, bar)
                     for future in done:
                         job = pending.pop(future)
-                        write_rows(future.result(), runs / f"{job.key}.csv")
+                        write_rows(future.result(), runs / f"{job.key}.csv", columns)
                         bar.set_postfix_str(f"done {job.key}")
                 _drain(progress_queue, bar)
             bar.close()
@@ -121,3 +131,66 @@ def _drain(progress_queue: Any, bar: tqdm) -> None:
             bar.update(progress_queue.get_nowait())
         except queue.Empty:
             return
+
+
+def plot_grouped_bars(
+    results: pd.DataFrame, quantities: list[str], path: Path, ylabel: str = "R²"
+) -> None:
+    """One panel per world: bars per block for each (objective, quantity), height = mean over
+    seeds, whiskers = min-max over seeds."""
+    import matplotlib.pyplot as plt
+
+    r = results[results.quantity.isin(quantities)]
+    worlds = list(dict.fromkeys(r.world))
+    fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 3.6), squeeze=False)
+    for ax, world in zip(axes[0], worlds, strict=True):
+        w = r[r.world == world]
+        per_seed = w.groupby(["objective", "quantity", "block", "seed"]).value.mean()
+        stats = per_seed.groupby(["objective", "quantity", "block"]).agg(["mean", "min", "max"])
+        series = list(dict.fromkeys((o, q) for o, q, _ in stats.index))
+        blocks = list(dict.fromkeys(b for _, _, b in stats.index))
+        width = 0.8 / len(series)
+        for i, (objective, quantity) in enumerate(series):
+            s = stats.loc[(objective, quantity)].reindex(blocks)
+            xs = [blocks.index(b) + (i - (len(series) - 1) / 2) * width for b in blocks]
+            err = [s["mean"] - s["min"], s["max"] - s["mean"]]
+            label = objective if len(quantities) == 1 else f"{objective}: {quantity}"
+            ax.bar(xs, s["mean"], width, yerr=err, capsize=2, label=label)
+        ax.set_xticks(range(len(blocks)), blocks)
+        ax.set_ylim(min(0.0, float(stats["min"].min())) - 0.05, 1.05)
+        ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+        ax.set_title(world)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(
+    matrix: pd.DataFrame, path: Path, title: str, vmin: float = 0.0, vmax: float = 1.0
+) -> None:
+    """A labelled heatmap of a (rows × columns) frame, values printed in the cells."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * matrix.shape[1], 1.2 + 0.45 * matrix.shape[0]))
+    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=vmin, vmax=vmax, cmap="viridis")
+    ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], rotation=45, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), [str(i) for i in matrix.index])
+    if matrix.size <= 400:
+        for (i, j), value in pd.DataFrame(matrix.to_numpy(dtype=float)).stack().items():
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value < (vmin + vmax) / 2 else "black",
+            )
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -23,13 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from identifiability.metrics import mcc, r2
+from identifiability.metrics import mcc, r2, r2_scores
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings, fit
 from smartclip.losses import OBJECTIVES
-from sweep import Job, Progress, run_sweep, write_json
+from sweep import (
+    Job,
+    Progress,
+    atomic_write_text,
+    plot_grouped_bars,
+    plot_heatmap,
+    run_sweep,
+    write_json,
+)
 from synthetic.worlds import World, WorldConfig
 
 NAMED_WORLDS: dict[str, dict] = {
@@ -60,13 +69,14 @@ class RecoveryConfig(TrainSettings):
     txt_nuisance_dim: int = field(default=2, metadata={"help": "text-only nuisance dims"})
     latent_corr: float = field(default=0.0, metadata={"help": "correlation between blocks"})
     noise: float = field(default=0.0, metadata={"help": "observation noise std"})
+    mixing_layers: int = field(default=3, metadata={"help": "layers of the random generators"})
     n_eval: int = field(default=2000, metadata={"help": "held-out samples per evaluation"})
     max_subsets: int = field(default=15, metadata={"help": "cap on evaluated caption subsets"})
     workers: int = field(default=2, metadata={"help": "parallel processes"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_blocks", "block_dim", "n_eval", "max_subsets", "workers"):
+        for name in ("n_blocks", "block_dim", "n_eval", "max_subsets", "workers", "mixing_layers"):
             require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         require(bool(self.objectives), "objectives", "give at least one objective")
         for o in self.objectives:
@@ -101,6 +111,7 @@ class RecoveryConfig(TrainSettings):
             txt_nuisance_dim=self.txt_nuisance_dim,
             latent_corr=self.latent_corr,
             noise=self.noise,
+            mixing_layers=self.mixing_layers,
             seed=seed,
         )
 
@@ -151,11 +162,10 @@ def measure(
         )
 
     u = emb["u"]
-    for name, target in blocks.items():
-        row("preserve_r2", r2(u, target), name)
-        row("preserve_r2_linear", r2(u, target, "linear"), name)
-    if c.img_nuisance_dim:
-        row("nuisance_r2", r2(u, batch.s_img.numpy()), "s_img")
+    targets = {**blocks, "s_img": batch.s_img.numpy()} if c.img_nuisance_dim else blocks
+    for kind, quantity in (("nonlinear", "preserve_r2"), ("linear", "preserve_r2_linear")):
+        for name, value in r2_scores(u, targets, kind).items():
+            row("nuisance_r2" if name == "s_img" else quantity, value, name)
     row("mcc", mcc(z, u), "all")
     row("mcc_spearman", mcc(z, u, "spearman"), "all")
     row("reverse_r2", r2(np.concatenate([z, batch.s_img.numpy()], 1), u), "all")
@@ -163,26 +173,27 @@ def measure(
         return rows
 
     m, present = emb["m"], batch.m.numpy().astype(bool)
-    owned = {}
     for k, name in enumerate(names):
         if present[:, k].all() or not present[:, k].any():
             continue  # presence never varies: no contrast to measure
         on = m[present[:, k]].mean(0) - m[~present[:, k]].mean(0)
         for d, value in enumerate(on):
             row("mask_on", value, name, dim=d)
-        owned[name] = np.flatnonzero(on > 0.5)
-    for group, dims in owned.items():
-        for name, target in blocks.items():
-            if len(dims):
-                row("block_r2", r2(u[:, dims], target), name, subset=f"dims({group})")
+        dims = np.flatnonzero(on > 0.5)
+        if len(dims):
+            for target, value in r2_scores(u[:, dims], blocks).items():
+                row("block_r2", value, target, subset=f"dims({name})")
 
     for subset in c.support()[:max_subsets]:
         fixed = world.sample(n_eval, seed=20_000 + seed, mask=subset)
         v = embed(model, fixed.x, fixed.t)["v"]
         label = "+".join(names[k] for k in subset)
-        for k, s in enumerate(c.block_slices):
+        scores = r2_scores(
+            v, {n: fixed.z[:, s].numpy() for n, s in zip(names, c.block_slices, strict=True)}
+        )
+        for k, name in enumerate(names):
             quantity = "disentangle_in_r2" if k in subset else "disentangle_out_r2"
-            row(quantity, r2(v, fixed.z[:, s].numpy()), names[k], subset=label)
+            row(quantity, scores[name], name, subset=label)
     return rows
 
 
@@ -197,7 +208,7 @@ def run_one(
     world = World(world_config)
     losses: list[float] = []
 
-    def on_step(step: int, terms: dict[str, float]) -> None:
+    def on_step(step: int, terms: dict[str, float], model: torch.nn.Module) -> None:
         losses.append(terms["loss"])
         if (step + 1) % 100 == 0:
             progress(100)
@@ -253,11 +264,45 @@ def main(argv: list[str] | None = None) -> None:
         out / "config.json",
     )
     results = run_sweep(jobs(cfg), out, cfg.workers, desc="synthetic_recovery")
-    print(summary_table(results))
+    plot(results, out)
+    table = summary_table(results)
+    atomic_write_text(out / "summary.txt", table + "\n")
+    print(table)
     print(f"results: {out / 'results.csv'}")
 
 
-def summary_table(results) -> str:
+def plot(results: pd.DataFrame, out: Path) -> None:
+    """preserve.png, disentangle.png, and per world (first seed) the SmartCLIP block × mask-dims
+    R² matrix and the mask_on (block × embedding dim) matrix."""
+    plot_grouped_bars(results, ["preserve_r2"], out / "preserve.png")
+    smart = results[results.objective == "smartclip"]
+    if smart.empty:
+        return
+    plot_grouped_bars(smart, ["disentangle_in_r2", "disentangle_out_r2"], out / "disentangle.png")
+    for world, w in smart.groupby("world", sort=False):
+        first = w[w.seed == w.seed.min()]
+        blocks = first[first.quantity == "block_r2"]
+        if not blocks.empty:
+            matrix = blocks.pivot(index="block", columns="subset", values="value")
+            plot_heatmap(
+                matrix,
+                out / f"block_r2_{world}.png",
+                f"{world}: R²(z_j | u on the dims block k switches on)",
+            )
+        on = first[first.quantity == "mask_on"]
+        if not on.empty:
+            matrix = on.pivot(index="block", columns="dim", values="value")
+            matrix.columns = [int(float(c)) for c in matrix.columns]
+            plot_heatmap(
+                matrix.sort_index(axis=1),
+                out / f"mask_on_{world}.png",
+                f"{world}: P(mask on | block described) − P(mask on | not)",
+                -1,
+                1,
+            )
+
+
+def summary_table(results: pd.DataFrame) -> str:
     """Mean (min-max over seeds) of the headline quantities, per world and objective."""
     keep = [
         "preserve_r2",

@@ -92,9 +92,9 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
 def fit(
     world: World,
     cfg: FitConfig,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, dict[str, float], SyntheticCLIP], None] | None = None,
 ) -> SyntheticCLIP:
-    """Train a fresh model for cfg.steps; `on_step(step, losses)` is called after every step."""
+    """Train a fresh model for cfg.steps; `on_step(step, losses, model)` runs after every step."""
     model = build_model(world, cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup))
@@ -109,5 +109,6 @@ def fit(
         opt.step()
         sched.step()
         if on_step is not None:
-            on_step(step, {"loss": out.total.item(), **{k: v.item() for k, v in out.terms.items()}})
+            terms = {k: v.item() for k, v in out.terms.items()}
+            on_step(step, {"loss": out.total.item(), **terms}, model)
     return model

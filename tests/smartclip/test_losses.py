@@ -43,8 +43,9 @@ def inputs(b, d, seed, zero_row=False):
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(1, 7), d=st.integers(1, 6), seed=st.integers(0, 10_000),
-       zero_row=st.booleans())
+@given(
+    b=st.integers(1, 7), d=st.integers(1, 6), seed=st.integers(0, 10_000), zero_row=st.booleans()
+)
 def test_masked_similarity_matches_naive_loop(b, d, seed, zero_row):
     u, t, logits = inputs(b, d, seed, zero_row)
     m = (torch.sigmoid(logits) > 0.5).double()
@@ -52,8 +53,9 @@ def test_masked_similarity_matches_naive_loop(b, d, seed, zero_row):
 
 
 @settings(max_examples=20, deadline=None)
-@given(b=st.integers(2, 6), d=st.integers(2, 6), seed=st.integers(0, 10_000),
-       zero_row=st.booleans())
+@given(
+    b=st.integers(2, 6), d=st.integers(2, 6), seed=st.integers(0, 10_000), zero_row=st.booleans()
+)
 def test_smartclip_loss_and_gradients_match_naive_loop(b, d, seed, zero_row):
     """Values and gradients w.r.t. u, t and the mask logits (through the straight-through
     threshold) agree with a per-pair loop."""
@@ -112,7 +114,7 @@ def test_local_rows_of_global_loss_average_to_the_global_loss(name):
     full = objective_loss(name, Embeddings(u, t, m), 4.0).total
     parts = []
     for offset in (0, 4):
-        local = Embeddings(u[offset:offset + 4], t[offset:offset + 4], m[offset:offset + 4])
+        local = Embeddings(u[offset : offset + 4], t[offset : offset + 4], m[offset : offset + 4])
         parts.append(objective_loss(name, local, 4.0, Embeddings(u, t, m), offset).total)
     assert torch.allclose(torch.stack(parts).mean(), full)
 

@@ -43,8 +43,9 @@ def test_inclusion_frequencies_and_no_empty_caption(probs, seed):
 
 
 def test_explicit_subsets_always_blocks_and_fixed_masks():
-    cfg = WorldConfig(block_dims=(1, 1, 1, 1), subsets=((0,), (1, 2)), subset_probs=(0.25, 0.75),
-                      always=(3,))
+    cfg = WorldConfig(
+        block_dims=(1, 1, 1, 1), subsets=((0,), (1, 2)), subset_probs=(0.25, 0.75), always=(3,)
+    )
     m = World(cfg).sample(4000, seed=1).m.numpy()
     patterns = {tuple(np.flatnonzero(r)) for r in m}
     assert patterns == {(0, 3), (1, 2, 3)}

@@ -1,0 +1,68 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from smartclip.cli import parse_config, require
+
+
+@dataclass(frozen=True)
+class Demo:
+    steps: int = field(default=10, metadata={"help": "how many"})
+    lr: float = 1e-3
+    name: str = "a"
+    flag: bool = False
+    dims: tuple[int, ...] = (2, 2)
+    groups: tuple[tuple[int, ...], ...] = ()
+    cap: int | None = None
+
+    def __post_init__(self):
+        require(self.steps > 0, "steps", f"must be positive, got {self.steps}")
+
+
+PRESETS = {"long": {"steps": 100, "flag": True}}
+
+
+def test_every_field_is_a_flag_with_typed_values():
+    cfg = parse_config(
+        Demo,
+        [
+            "--steps",
+            "5",
+            "--lr",
+            "0.1",
+            "--name",
+            "b",
+            "--flag",
+            "--dims",
+            "1,2,3",
+            "--groups",
+            "0,1;2",
+            "--cap",
+            "7",
+        ],
+    )
+    assert cfg == Demo(5, 0.1, "b", True, (1, 2, 3), ((0, 1), (2,)), 7)
+    assert parse_config(Demo, ["--cap", "none"]).cap is None
+
+
+def test_preset_then_flags_override():
+    assert parse_config(Demo, ["--preset", "long"], PRESETS) == Demo(steps=100, flag=True)
+    assert parse_config(Demo, ["--preset", "long", "--no-flag"], PRESETS) == Demo(100, flag=False)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--steps", "0"], "--steps: must be positive"),
+        (["--steps", "x"], "--steps"),
+        (["--dims", "1,b"], "--dims"),
+        (["--preset", "nope"], "--preset"),
+        (["--unknown", "1"], "--unknown"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(argv, needle, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(Demo, argv, PRESETS)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
