@@ -76,9 +76,12 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def _init_worker() -> None:
+    """One thread per worker process, for torch and for numpy's BLAS (kernel ridge)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
+    threadpool_limits(1)
 
 
 def _run_job(job: Job, progress_queue: Any) -> list[dict[str, Any]]:

@@ -1,1 +1,1 @@
-"""SmartCLIP: masked modular vision-language alignment, from synthetic worlds to open_clip towers."""
+"""SmartCLIP: masked modular vision-language alignment, from synthetic worlds to open_clip."""

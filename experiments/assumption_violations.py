@@ -1,0 +1,333 @@
+"""P5: break the theory's assumptions on purpose; predict before training, then measure.
+
+    python experiments/assumption_violations.py           # 10 worlds × 3 seeds (≤ 30 min, 2 cores)
+    python experiments/assumption_violations.py --quick   # 1 seed, short runs (≤ 3 min)
+
+One world per row (`WORLDS`). For each: `identifiability.conditions.predict` BEFORE any training
+(assumption verdicts, guarantee holds/void, expected value per measured quantity), then SmartCLIP
+trained and measured by `synthetic_recovery.run_one` for every seed (through `sweep.run_sweep`),
+then the comparison on the seed-mean values:
+  held      every claim the theory still makes (basis theorem or information bound) holds
+  failure   the guarantee is void and some claim that it would have made fails (P5's symptom)
+Writes OUT/results.csv (long format), OUT/predictions.json, OUT/table.csv, OUT/table.md and
+OUT/violations.png; resumes an interrupted OUT.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from synthetic_recovery import tag_rows
+
+from identifiability.conditions import (
+    BOUND,
+    THEOREM,
+    VOID,
+    Expectation,
+    Outcome,
+    Prediction,
+    check_prediction,
+    predict,
+)
+from smartclip.cli import parse_config, require
+from smartclip.fit import FitConfig, TrainSettings
+from sweep import Job, atomic_write_text, run_sweep, write_json
+from synthetic.worlds import WorldConfig
+
+PREDICTED = ("preserve_r2", "nuisance_r2", "disentangle_in_r2", "disentangle_out_r2", "block_r2")
+ATOMS_01_2_3 = ((0, 1), (2,), (3,), (0, 1, 2), (0, 1, 3), (2, 3), (0, 1, 2, 3))
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One row: what is broken, as WorldConfig overrides and changes to the training run."""
+
+    change: str
+    world: dict = field(default_factory=dict)
+    sparsity: bool = True
+    embed_dim: int | None = None
+
+
+WORLDS: dict[str, Violation] = {
+    "baseline": Violation("nothing: every assumption holds"),
+    "together": Violation("z0, z1 always described together", {"subsets": ATOMS_01_2_3}),
+    "rare": Violation("z3 rarely described: p 0.5 → 0.01", {"include_prob": (0.5,) * 3 + (0.01,)}),
+    "undescribed": Violation("z3 never described: p 0.5 → 0", {"include_prob": (0.5,) * 3 + (0,)}),
+    "non_invertible": Violation("g_I rank-deficient: rank 5 of 10", {"img_rank": 5}),
+    "correlated": Violation("dependent blocks: latent_corr 0 → 0.9", {"latent_corr": 0.9}),
+    "noisy": Violation("observation noise σ 0 → 0.5", {"noise": 0.5}),
+    "no_sparsity": Violation("no sparsity term: its loss weight → 0", sparsity=False),
+    "narrow": Violation("embedding width → 4 < 8 described dims", embed_dim=4),
+    "selection": Violation("captions depend on z: selection 0 → 2", {"selection": 2.0}),
+}
+
+
+@dataclass(frozen=True)
+class ViolationConfig(TrainSettings):
+    """Training settings shared by all rows (a row may change the sparsity weight or width)."""
+
+    steps: int = field(default=4000, metadata={"help": "training steps per run"})
+    out: str = field(default="runs/assumption_violations", metadata={"help": "output folder"})
+    worlds: tuple[str, ...] = field(default=tuple(WORLDS), metadata={"help": "rows to run"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "model and data seeds"})
+    world_seed: int = field(default=0, metadata={"help": "seed of every world's generators"})
+    n_eval: int = field(default=1000, metadata={"help": "held-out samples per evaluation"})
+    max_subsets: int = field(default=15, metadata={"help": "cap on evaluated caption subsets"})
+    workers: int = field(default=2, metadata={"help": "parallel processes"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_eval", "max_subsets", "workers"):
+            require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
+        require(bool(self.seeds), "seeds", "give at least one seed")
+        require(len(set(self.seeds)) == len(self.seeds), "seeds", "seeds must be distinct")
+        unknown = [w for w in self.worlds if w not in WORLDS]
+        require(not unknown, "worlds", f"unknown {unknown}; choose from {', '.join(WORLDS)}")
+
+    def world_config(self, name: str) -> WorldConfig:
+        return WorldConfig(**WORLDS[name].world, seed=self.world_seed)
+
+    def fit_config(self, name: str, seed: int) -> FitConfig:
+        row, settings = WORLDS[name], self.settings()
+        if not row.sparsity:
+            settings["loss_weights"] = (*self.loss_weights[:2], 0.0)
+        if row.embed_dim is not None:
+            settings["embed_dim"] = row.embed_dim
+        return FitConfig(**settings, objective="smartclip", seed=seed)
+
+
+PRESETS: dict[str, dict] = {
+    "quick": {"seeds": (0,), "steps": 500, "n_eval": 500, "max_subsets": 4, "warmup": 50},
+}
+
+
+def predictions(cfg: ViolationConfig) -> dict[str, Prediction]:
+    """The theory's prediction for every row, from the world and training settings alone."""
+    out = {}
+    for name in cfg.worlds:
+        fit = cfg.fit_config(name, cfg.seeds[0])
+        out[name] = predict(
+            cfg.world_config(name),
+            "smartclip",
+            embed_dim=fit.embed_dim,
+            sparsity_weight=fit.loss_weights[2],
+            n_samples=fit.steps * fit.batch_size,
+        )
+    return out
+
+
+def jobs(cfg: ViolationConfig) -> list[Job]:
+    return [
+        Job(
+            key=f"{name}-seed{seed}",
+            fn=tag_rows,
+            kwargs={
+                "meta": {"world": name, "objective": "smartclip", "seed": seed},
+                "world_config": cfg.world_config(name),
+                "fit_config": cfg.fit_config(name, seed),
+                "n_eval": cfg.n_eval,
+                "max_subsets": cfg.max_subsets,
+            },
+            steps=cfg.steps,
+        )
+        for name in cfg.worlds
+        for seed in cfg.seeds
+    ]
+
+
+def _blocks(label: str) -> tuple[int, ...]:
+    """ "z0+z2" → (0, 2); "dims(z1)" → (1,)."""
+    inner = label.removeprefix("dims(").removesuffix(")")
+    return tuple(int(b[1:]) for b in inner.split("+"))
+
+
+def measured_values(results: pd.DataFrame) -> dict[tuple, float]:
+    """Seed-mean value per (quantity, block, subset) in the keys of `check_prediction`."""
+    r = results[results.quantity.isin(PREDICTED)].fillna({"block": "", "subset": ""})
+    means = r.groupby(["quantity", "block", "subset"]).value.mean()
+    return {
+        (q, None if b == "s_img" else int(b[1:]), _blocks(s) if s else None): v
+        for (q, b, s), v in means.items()
+    }
+
+
+def _name(blocks: tuple[int, ...]) -> str:
+    return "+".join(f"z{b}" for b in blocks)
+
+
+def _claim(o: Outcome) -> str:
+    e = o.expectation
+    where = f"|{_name(e.subset)}" if e.subset else ""
+    target = _name(e.blocks) or "s_img"
+    sign = {"high": "≥", "low": "≤", "degraded": "<"}[e.kind]
+    return f"{e.quantity}({target}{where}) {o.value:.2f} {sign} {e.bound:.2f}"
+
+
+def describe(p: Prediction) -> str:
+    """The prediction in a few words: atoms, dropped blocks, information bounds."""
+    parts = ["atoms " + " ".join(_name(a) for a in p.algebra.atoms)]
+    if p.algebra.dropped:
+        parts.append("dropped " + _name(p.algebra.dropped))
+    bounds = [e for e in p.expectations if e.basis == BOUND and e.quantity == "preserve_r2"]
+    parts += [f"preserve({_name(e.blocks)}) ≤ {e.bound:.2f}" for e in bounds]
+    return "; ".join(parts)
+
+
+def _key(e: Expectation) -> tuple:
+    return e.quantity, e.blocks, e.subset, e.kind
+
+
+def row_summary(
+    name: str,
+    p: Prediction,
+    outcomes: list[Outcome],
+    values: dict,
+    baseline: dict[tuple, bool] | None = None,
+) -> dict:
+    """One table row: what was predicted, what was measured, whether the prediction held.
+    A void claim that fails counts as the violation's failure only if it holds in `baseline`
+    (claim key → held), so failures that training shows anyway are not blamed on the violation."""
+    claims = [o for o in outcomes if o.held is not None and o.expectation.basis in (THEOREM, BOUND)]
+    void = [o for o in outcomes if o.held is not None and o.expectation.basis == VOID]
+    wrong = sorted((o for o in claims if not o.held), key=_miss, reverse=True)
+    broken = sorted((o for o in void if not o.held), key=_miss, reverse=True)
+    new = [o for o in broken if baseline is None or baseline.get(_key(o.expectation), False)]
+    verdict = "no claim" if not claims else "held" if not wrong else "NOT held"
+    if not p.guarantee:
+        verdict += "; failure appeared" if new else "; no failure appeared"
+
+    def mean(quantity: str) -> float:
+        return float(np.mean([v for k, v in values.items() if k[0] == quantity] or [np.nan]))
+
+    preserve = " ".join(
+        f"{values[('preserve_r2', b, None)]:.2f}"
+        for b in range(len(p.block_dims))
+        if ("preserve_r2", b, None) in values
+    )
+    return {
+        "world": name,
+        "change": WORLDS[name].change,
+        "guarantee": "holds" if p.guarantee else "void: " + ", ".join(p.failed),
+        "prediction": describe(p),
+        "preserve_r2 z0..": preserve,
+        "nuisance_r2": round(mean("nuisance_r2"), 3),
+        "in_r2": round(mean("disentangle_in_r2"), 3),
+        "out_r2": round(mean("disentangle_out_r2"), 3),
+        "claims held": f"{len(claims) - len(wrong)}/{len(claims)}",
+        "void claims failing (held in baseline)": (
+            f"{len(broken)}/{len(void)} ({len(new)})" if void else ""
+        ),
+        "worst failed claims": "; ".join(_claim(o) for o in (wrong or new or broken)[:3]),
+        "verdict": verdict,
+    }
+
+
+def _miss(o: Outcome) -> float:
+    return abs(o.value - o.expectation.bound)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cells = table.astype(str).map(lambda s: s.replace("|", "\\|"))
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(margins: pd.DataFrame, verdicts: dict[str, str], path: Path) -> None:
+    """Signed margin of every claim (value − bound for ≥ claims, bound − value for ≤ claims;
+    > 0 means the claim held) per world; theorem/bound claims in blue, void ones in orange."""
+    import matplotlib.pyplot as plt
+
+    worlds = list(verdicts)
+    markers = dict(zip(PREDICTED, "os^vD", strict=True))
+    colors = {THEOREM: "tab:blue", BOUND: "tab:green", VOID: "tab:orange"}
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(1.1 * len(worlds) + 5, 4.5))
+    for (quantity, basis), group in margins.groupby(["quantity", "basis"]):
+        xs = group.world.map(worlds.index) + rng.uniform(-0.3, 0.3, len(group))
+        ax.scatter(
+            xs,
+            group.margin,
+            s=12,
+            marker=markers[quantity],
+            color=colors[basis],
+            alpha=0.6,
+            label=f"{quantity} ({basis})",
+        )
+    ax.axhline(0, color="black", lw=0.8)
+    labels = [f"{w}\n{verdicts[w].split(';')[0]}" for w in worlds]
+    ax.set_xticks(range(len(worlds)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("margin to predicted bound (> 0: held)")
+    ax.set_title("Predicted vs measured: one dot per claim (seed means)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(
+    preds: dict[str, Prediction], results: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table with one row per world, every claim's signed margin for the figure)."""
+    outcomes = {
+        name: check_prediction(p, measured_values(results[results.world == name]))
+        for name, p in preds.items()
+    }
+    baseline = (
+        {_key(o.expectation): bool(o.held) for o in outcomes["baseline"]}
+        if "baseline" in outcomes
+        else None
+    )
+    rows, margins = [], []
+    for name, p in preds.items():
+        values = measured_values(results[results.world == name])
+        rows.append(row_summary(name, p, outcomes[name], values, baseline))
+        for o in outcomes[name]:
+            if o.held is None:
+                continue
+            e = o.expectation
+            gap = o.value - e.bound if e.kind == "high" else e.bound - o.value
+            margins.append({"world": name, "quantity": e.quantity, "basis": e.basis, "margin": gap})
+    return pd.DataFrame(rows), pd.DataFrame(margins)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quick" in argv:  # shorthand for --preset quick
+        argv = ["--preset", "quick", *(a for a in argv if a != "--quick")]
+    cfg = parse_config(ViolationConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+    out = Path(cfg.out)
+    preds = predictions(cfg)  # before any training
+    write_json(
+        {
+            "config": cfg,
+            "worlds": {n: cfg.world_config(n) for n in cfg.worlds},
+            "predictions": {
+                n: {
+                    "guarantee": p.guarantee,
+                    "assumptions": p.assumptions,
+                    "algebra": p.algebra,
+                    "expectations": p.expectations,
+                }
+                for n, p in preds.items()
+            },
+        },
+        out / "predictions.json",
+    )
+    results = run_sweep(jobs(cfg), out, cfg.workers, desc="assumption_violations")
+    table, margins = compare(preds, results)
+    table.to_csv(out / "table.csv", index=False)
+    atomic_write_text(out / "table.md", markdown(table))
+    plot(margins, dict(zip(table.world, table.verdict, strict=True)), out / "violations.png")
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.drop(columns=["prediction", "worst failed claims"]).to_string(index=False))
+    print(f"table: {out / 'table.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
