@@ -29,7 +29,7 @@ class TrainSettings:
     hidden: int = 128
     depth: int = 3
     text_width: int = 64
-    logit_scale: float = 10.0
+    logit_scale: float = 20.0
     learn_logit_scale: bool = False
     loss_weights: tuple[float, float, float] = (10.0, 10.0, 2.0)
     mask_hard: bool = True
