@@ -1,0 +1,274 @@
+"""The training loop: flags, optimiser groups, accumulation, exact resume, precision, end to end."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from smartclip import train
+from smartclip.data import Batch
+from smartclip.model import EXPORT_WEIGHTS_NAME, TINY_MODEL, build_model, text_positional_embedding
+from synthetic.scenes import write_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """60 rendered scenes: 54 train images (6 batches of 8), 6 val images, 3 captions each."""
+    files = write_dataset(tmp_path_factory.mktemp("scenes"), 60, ("csv",))
+    return files["train"].annotations["csv"], files["val"].annotations["csv"]
+
+
+def flags(scenes: tuple[str, str], logs: Path, name: str, *extra: str) -> list[str]:
+    return [
+        "--preset", "tiny-smartclip", "--train-data", scenes[0], "--val-data", scenes[1],
+        "--batch-size", "8",
+        "--context-length", "77", "--workers", "0", "--log-every-n-steps", "1",
+        "--logs", str(logs), "--name", name, *extra,
+    ]  # fmt: skip
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--precision", "fp8"], "--precision"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--steps", "ten"], "--steps"),
+        (["--model", "no-such-model"], "--model"),
+        (["--objective", "siglip"], "--objective"),
+        (["--train-data", "/no/such.csv"], "--train-data"),
+        (["--resume", "latest"], "--resume"),
+        (["--preset", "vit-h"], "--preset"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv: list[str], flag: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and flag in err
+
+
+def test_bad_flag_from_the_command_line() -> None:
+    cmd = [sys.executable, "-m", "smartclip.train", "--precision", "fp64"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--precision" in proc.stderr
+
+
+def test_defaults_are_the_released_recipe_and_presets_are_valid() -> None:
+    cfg = train.TrainConfig()
+    assert (cfg.model, cfg.context_length, cfg.keep_positions) == ("ViT-B-16-quickgelu", 248, 20)
+    assert (cfg.lr, cfg.wd, cfg.mask_lr, cfg.mask_wd) == (1e-6, 0.01, 1e-3, 0.0)
+    assert (cfg.warmup, cfg.precision, cfg.epochs, cfg.logit_scale) == (200, "amp", 3, 100.0)
+    assert (cfg.objective, cfg.loss_weights) == ("smartclip", (10.0, 10.0, 2.0))
+    for name in train.PRESETS:
+        cfg = train.parse_config(train.TrainConfig, ["--preset", name], presets=train.PRESETS)
+        assert cfg.model in open_clip.list_models()
+
+
+# ------------------------------------------------------------------------------------ optimisation
+
+
+def test_param_groups_and_frozen_positions_stay_bitwise_fixed() -> None:
+    torch.manual_seed(0)
+    cfg = train.TrainConfig(lr=1e-2, wd=0.1, mask_lr=3e-3, mask_wd=0.0)
+    model = build_model(TINY_MODEL, context_length=77, freeze_kept=True, mask_heads=4)
+    groups = {g["name"]: g for g in train.param_groups(model, cfg)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = {k: {names[id(p)] for p in g["params"]} for k, g in groups.items()}
+    assert by_group["mask"] == {n for n in names.values() if n.startswith("masknet.")}
+    assert (groups["mask"]["lr"], groups["mask"]["weight_decay"]) == (3e-3, 0.0)
+    assert (groups["backbone"]["lr"], groups["backbone"]["weight_decay"]) == (1e-2, 0.1)
+    assert groups["backbone_no_wd"]["weight_decay"] == 0.0
+    no_wd = by_group["backbone_no_wd"]
+    assert {"clip.positional_embedding", "clip.token_embedding.weight"} <= no_wd
+    assert {"clip.visual.class_embedding", "clip.ln_final.weight", "clip.ln_final.bias"} <= no_wd
+    assert "clip.text_projection" in by_group["backbone"]
+    assert "clip.logit_scale" not in set().union(*by_group.values())  # fixed scale
+
+    pos = text_positional_embedding(model.clip)
+    before = pos.detach().clone()
+    optimizer = torch.optim.AdamW(train.param_groups(model, cfg))
+    text = open_clip.get_tokenizer(TINY_MODEL, context_length=77)(["word " * 40])
+    for _ in range(3):
+        optimizer.zero_grad()
+        out = model(torch.randn(1, 3, 64, 64), text)
+        (out.u.sum() + out.t.sum()).backward()
+        optimizer.step()
+    assert torch.equal(pos[:20], before[:20])
+    assert (pos[20:40] != before[20:40]).any(dim=1).all()
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient() -> None:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(8, 3, 64, 64, generator=g)
+    tokenizer = open_clip.get_tokenizer(TINY_MODEL, context_length=77)
+    texts = tokenizer([f"a {c} shape number {i}" for i, c in enumerate("rgbcmykw")])
+    cfg = train.TrainConfig()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def run(splits: list[slice]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = build_model(TINY_MODEL, context_length=77, mask_heads=4)
+        batches = [Batch(images[s], texts[s], 0) for s in splits]
+        cpu = torch.device("cpu")
+        result = train.forward_backward(model, None, batches, cfg, cpu, scaler, nullcontext)
+        return result.losses, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    full_loss, full = run([slice(None)])
+    for splits in ([slice(0, 4), slice(4, 8)], [slice(0, 5), slice(5, 6), slice(6, 8)]):
+        loss, grads = run(splits)
+        assert loss == pytest.approx(full_loss, rel=1e-5)
+        scale = max(g.abs().max().item() for g in full.values())
+        for name, grad in full.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "latest.pt"
+    train.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj: object, fh) -> None:
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    train.save_checkpoint({"rng": train.rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.random(), np.random.rand(), torch.rand(5)
+    train.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    again = (random.random(), np.random.rand(), torch.rand(2))
+    assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
+
+
+@pytest.mark.slow
+def test_crash_and_resume_reproduce_the_uninterrupted_run(scenes, tmp_path, monkeypatch) -> None:
+    # 6 batches an epoch; 10 steps cross an epoch boundary; latest.pt every 3 steps.
+    common = [
+        "--steps",
+        "10",
+        "--epochs",
+        "3",
+        "--save-every-steps",
+        "3",
+        "--save-frequency",
+        "1",
+        "--workers",
+        "1",
+    ]
+    train.main(flags(scenes, tmp_path, "whole", *common))
+
+    real_save, calls = torch.save, []
+
+    def save_then_crash_on_third(obj: object, fh) -> None:
+        calls.append(1)
+        if len(calls) == 3:  # latest.pt at step 6 (after latest@3 and epoch_1.pt)
+            fh.write(b"half a checkpoint")
+            raise OSError("disk full")
+        real_save(obj, fh)
+
+    monkeypatch.setattr(torch, "save", save_then_crash_on_third)
+    with pytest.raises(OSError, match="disk full"):
+        train.main(flags(scenes, tmp_path, "crashed", *common))
+    monkeypatch.setattr(torch, "save", real_save)
+    latest = tmp_path / "crashed" / "checkpoints" / "latest.pt"
+    assert torch.load(latest, weights_only=True)["progress"]["step"] == 3
+    train.main(flags(scenes, tmp_path, "crashed", *common, "--resume", "latest"))
+
+    whole, resumed = (read_csv(tmp_path / n / "train.csv") for n in ("whole", "crashed"))
+    assert [r["step"] for r in resumed] == [str(s) for s in range(1, 11)]
+    for a, b in zip(whole, resumed, strict=True):
+        a.pop("samples_per_s"), b.pop("samples_per_s")
+        assert a == b  # losses, learning rates and counters as written: bitwise
+    assert read_csv(tmp_path / "whole" / "val.csv") == read_csv(tmp_path / "crashed" / "val.csv")
+    end_a, end_b = (
+        torch.load(tmp_path / n / "checkpoints" / "latest.pt", weights_only=True)
+        for n in ("whole", "crashed")
+    )
+    assert end_a["progress"] == end_b["progress"]
+    for key, value in end_a["model"].items():
+        assert torch.equal(value, end_b["model"][key]), key
+    assert torch.equal(end_a["rng"]["torch"], end_b["rng"]["torch"])
+
+
+# ------------------------------------------------------------------------------- precision, e2e
+
+
+@pytest.mark.parametrize("precision", ["amp_bf16", "amp"])
+def test_mixed_precision_runs_on_cpu(precision: str, scenes, tmp_path) -> None:
+    train.main(flags(scenes, tmp_path, precision, "--steps", "2", "--precision", precision))
+    rows = read_csv(tmp_path / precision / "train.csv")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+@pytest.mark.slow
+def test_no_argument_run_renders_scenes_pretrains_fine_tunes_and_exports(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    small = {
+        "scenes_dir": str(tmp_path / "data"), "scenes_images": 40, "steps": 2, "batch_size": 8,
+        "workers": 0, "logs": str(tmp_path / "runs"),
+    }  # fmt: skip
+    for preset in ("tiny-clip", "tiny-smartclip"):
+        monkeypatch.setitem(train.PRESETS, preset, {**train.PRESETS[preset], **small})
+    run_dir = train.main([])
+    out = capsys.readouterr().out
+    for what in ("checkpoints:", "logs:", "open_clip:", "retrieval:"):
+        assert what in out
+    assert (tmp_path / "data" / "n40-px64" / "train" / "captions.csv").is_file()
+    stage1, stage2 = sorted((tmp_path / "runs").iterdir())
+    assert stage1.name.endswith("tiny-clip") and stage2 == run_dir
+    assert read_csv(run_dir / "val.csv")[-1]["step"] == "2"
+
+    # stage 2 started from stage 1's export, its context stretched 77 → 248
+    pretrained = torch.load(stage1 / "export" / EXPORT_WEIGHTS_NAME, weights_only=True)
+    ckpt = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert ckpt["config"]["pretrained"] == str(stage1 / "export" / EXPORT_WEIGHTS_NAME)
+    pos = ckpt["model"]["clip.positional_embedding"]
+    assert pos.shape[0] == 248 and pretrained["positional_embedding"].shape[0] == 77
+
+    # the export loads in open_clip and embeds exactly as the trained model (mask net dropped)
+    model = build_model(TINY_MODEL, context_length=248, mask_heads=4)
+    model.load_state_dict(ckpt["model"])
+    exported = open_clip.create_model(
+        TINY_MODEL,
+        pretrained=str(run_dir / "export" / EXPORT_WEIGHTS_NAME),
+        force_context_length=248,
+    )
+    x = torch.randn(2, 3, 64, 64)
+    text = open_clip.get_tokenizer(TINY_MODEL, context_length=248)(["a red star", "a circle"])
+    torch.testing.assert_close(exported.encode_image(x, normalize=True), model.encode_image(x))
+    torch.testing.assert_close(exported.encode_text(text, normalize=True), model.encode_text(text))
