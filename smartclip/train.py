@@ -218,11 +218,11 @@ PRESETS = {
     # trained from random features shrinks to one dimension before the features mean anything)
     "tiny-clip": {
         **_TINY, "objective": "clip", "context_length": 77, "lr": 1e-3, "wd": 0.1, "warmup": 50,
-        "epochs": 12, "val_frequency": 4,
+        "epochs": 10, "val_frequency": 5,
     },
     # CPU stage 2: the recipe on the stage-1 towers (stretch to 248, separate rates), scaled to a
     # tiny model: backbone lr 1e-4, logit scale 10 as in stage 1
-    "tiny-smartclip": {**_TINY, "lr": 1e-4, "warmup": 20, "epochs": 3},
+    "tiny-smartclip": {**_TINY, "lr": 1e-4, "warmup": 20, "epochs": 2},
 }  # fmt: skip
 
 

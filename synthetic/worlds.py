@@ -75,7 +75,7 @@ class WorldConfig:
         if self.subsets:
             probs = self.subset_probs or (1.0,) * len(self.subsets)
             return any(s and p > 0 for s, p in zip(self.subsets, probs, strict=True))
-        return any(p > 0 for p in self.probs) or self.selection != 0
+        return any(p > 0 for p in self.probs)
 
     @property
     def n_blocks(self) -> int:
@@ -184,10 +184,12 @@ class World:
             m[:, list(fixed)] = 1.0
             return m
         todo = torch.ones(n, dtype=torch.bool)
-        while todo.any():
+        for _ in range(10_000):
             m[todo] = self._draw_masks(z[todo], gen)
             todo = torch.zeros(n, dtype=torch.bool) if c.allow_empty else m.sum(1) == 0
-        return m
+            if not todo.any():
+                return m
+        raise ValueError("non-empty captions are too improbable: raise include_prob")
 
     def _draw_masks(self, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         c, n = self.config, z.shape[0]

@@ -94,6 +94,7 @@ def test_observation_noise_is_added():
         {"subsets": ((0,), (1,)), "subset_probs": (0.5, 0.6)},
         {"latent_corr": 1.0},
         {"include_prob": (0.0,)},
+        {"include_prob": (0.0,), "selection": 1.0},
     ],
 )
 def test_invalid_worlds_are_rejected(kwargs):
