@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -119,8 +119,3 @@ def reverse_r2(true: np.ndarray, learned: np.ndarray, kind: str = "nonlinear") -
     """R²(ẑ | z): how much of the learned representation the truth explains (≈ 0 flags collapse
     onto noise; a representation that ignores z cannot be predicted from it)."""
     return r2(true, learned, kind)
-
-
-def groups_from_slices(z: np.ndarray, slices: Sequence[slice], names: Sequence[str]) -> dict:
-    """{name: z[:, slice]} for naming the blocks of a concatenated latent."""
-    return {name: z[:, s] for name, s in zip(names, slices, strict=True)}
