@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from synthetic_recovery import RecoveryConfig, block_names
+from synthetic_recovery import RecoveryConfig, block_targets
 
 from identifiability.metrics import r2_scores
 from smartclip.cli import parse_config, require
@@ -45,11 +45,8 @@ def trace(
 ) -> list[dict]:
     """Train once; every `eval_every` steps record (steps, train seconds, min block R²)."""
     world = World(world_config)
-    names = block_names(world_config)
     held_out = world.sample(n_eval, seed=10_000 + fit_config.seed)
-    targets = {
-        n: held_out.z[:, s].numpy() for n, s in zip(names, world_config.block_slices, strict=True)
-    }
+    targets = block_targets(world_config, held_out.z)
     rows, clock = [], {"train": 0.0, "since": time.perf_counter()}
 
     def on_step(step: int, terms: dict[str, float], model: torch.nn.Module) -> None:

@@ -128,6 +128,11 @@ def block_names(world: WorldConfig) -> list[str]:
     return [f"z{k}" for k in range(world.n_blocks)]
 
 
+def block_targets(world: WorldConfig, z: torch.Tensor) -> dict[str, np.ndarray]:
+    """{"z0": z_0, …}: the concatenated latent split into its named blocks."""
+    return {n: z[:, s].numpy() for n, s in zip(block_names(world), world.block_slices, strict=True)}
+
+
 def embed(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
     """u (image embedding), and for models with a mask network m̂(t) and v = u⊙m̂/‖u⊙m̂‖."""
     with torch.no_grad():
@@ -149,7 +154,7 @@ def measure(
     batch = world.sample(n_eval, seed=10_000 + seed)
     emb = embed(model, batch.x, batch.t)
     z = batch.z.numpy()
-    blocks = {n: z[:, s] for n, s in zip(names, c.block_slices, strict=True)}
+    blocks = block_targets(c, batch.z)
     rows: list[dict] = []
 
     def row(quantity: str, value: float, block: str = "", subset: str = "", dim: object = ""):
@@ -194,9 +199,7 @@ def measure(
         fixed = world.sample(n_eval, seed=20_000 + seed, mask=subset)
         v = embed(model, fixed.x, fixed.t)["v"]
         label = "+".join(names[k] for k in subset)
-        scores = r2_scores(
-            v, {n: fixed.z[:, s].numpy() for n, s in zip(names, c.block_slices, strict=True)}
-        )
+        scores = r2_scores(v, block_targets(c, fixed.z))
         for k, name in enumerate(names):
             quantity = "disentangle_in_r2" if k in subset else "disentangle_out_r2"
             row(quantity, scores[name], name, subset=label)
