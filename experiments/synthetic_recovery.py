@@ -1,13 +1,16 @@
 """P1 (preserve) and P2 (disentangle) on synthetic worlds: train each objective, measure R²/MCC.
 
     python experiments/synthetic_recovery.py                  # quick preset: 1 world, 1 seed
-    python experiments/synthetic_recovery.py --preset paper   # 3 worlds × 3 seeds, longer runs
+    python experiments/synthetic_recovery.py --preset paper   # 4 worlds × 3 seeds, same settings
 
 For every (world, objective, seed): fit a fresh model on fresh samples, then on held-out samples
   preserve_r2[_linear]   R²(z_k | u), u the unnormalised image embedding, per block k
   nuisance_r2            R²(s_img | u) for the image-only nuisance (theory: → 0)
   mcc, mcc_spearman      mean matched |corr| between z and u
   reverse_r2             R²(u | z, s_img) (low values flag a collapsed or noisy embedding)
+  input_r2               R²(z_k | x) from the raw image: what the regressor recovers without
+                         any encoder (x holds z exactly; below 1 = the generator is hard to invert
+                         for kernel ridge on n_eval / 2 samples)
 and, for SmartCLIP, with captions fixed to each subset S in the support of p(m) (up to a cap)
   disentangle_in_r2      R²(z_k | v) for k ∈ S, v = u⊙m̂(t)/‖u⊙m̂(t)‖
   disentangle_out_r2     R²(z_k | v) for k ∉ S (theory: → 0)
@@ -120,7 +123,7 @@ class RecoveryConfig(TrainSettings):
 
 PRESETS: dict[str, dict] = {
     "quick": {},
-    "paper": {"seeds": (0, 1, 2), "worlds": ("custom", *NAMED_WORLDS), "steps": 20_000},
+    "paper": {"seeds": (0, 1, 2), "worlds": ("custom", *NAMED_WORLDS)},
 }
 
 
@@ -148,7 +151,12 @@ def embed(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict[str,
 def measure(
     world: World, model: torch.nn.Module, n_eval: int, max_subsets: int, seed: int
 ) -> list[dict]:
-    """All quantities of the module docstring as rows (world/objective/seed filled by caller)."""
+    """All quantities of the module docstring as rows (world/objective/seed filled by caller).
+
+    Targets that the theory expects to be predictable (described blocks) and those it expects
+    not to be (the nuisance, blocks outside S) get separate regressions: kernel ridge picks one
+    (α, γ) per fit, and unpredictable targets in a joint fit pull it toward heavy regularisation
+    (measured: mean disentangle_in_r2 0.89 joint vs 0.93 separate on the quick world)."""
     c = world.config
     names = block_names(c)
     batch = world.sample(n_eval, seed=10_000 + seed)
@@ -168,15 +176,15 @@ def measure(
             }
         )
 
+    for name, value in r2_scores(batch.x.numpy(), blocks).items():
+        row("input_r2", value, name)
     u = emb["u"]
-    targets = {**blocks, "s_img": batch.s_img.numpy()} if c.img_nuisance_dim else blocks
-    for kind, quantity in (("nonlinear", "preserve_r2"), ("linear", "preserve_r2_linear")):
-        for name, value in r2_scores(u, targets, kind).items():
-            row(
-                quantity.replace("preserve", "nuisance") if name == "s_img" else quantity,
-                value,
-                name,
-            )
+    for kind, suffix in (("nonlinear", ""), ("linear", "_linear")):
+        for name, value in r2_scores(u, blocks, kind).items():
+            row("preserve_r2" + suffix, value, name)
+        if c.img_nuisance_dim:
+            value = r2_scores(u, {"s_img": batch.s_img.numpy()}, kind)["s_img"]
+            row("nuisance_r2" + suffix, value, "s_img")
     row("mcc", mcc(z, u), "all")
     row("mcc_spearman", mcc(z, u, "spearman"), "all")
     row("reverse_r2", r2(np.concatenate([z, batch.s_img.numpy()], 1), u), "all")
@@ -199,10 +207,14 @@ def measure(
         fixed = world.sample(n_eval, seed=20_000 + seed, mask=subset)
         v = embed(model, fixed.x, fixed.t)["v"]
         label = "+".join(names[k] for k in subset)
-        scores = r2_scores(v, block_targets(c, fixed.z))
-        for k, name in enumerate(names):
-            quantity = "disentangle_in_r2" if k in subset else "disentangle_out_r2"
-            row(quantity, scores[name], name, subset=label)
+        targets = block_targets(c, fixed.z)
+        for quantity, chosen in (
+            ("disentangle_in_r2", [n for k, n in enumerate(names) if k in subset]),
+            ("disentangle_out_r2", [n for k, n in enumerate(names) if k not in subset]),
+        ):
+            if chosen:
+                for name, value in r2_scores(v, {n: targets[n] for n in chosen}).items():
+                    row(quantity, value, name, subset=label)
     return rows
 
 
@@ -312,9 +324,13 @@ def plot(results: pd.DataFrame, out: Path) -> None:
 
 
 def summary_table(results: pd.DataFrame) -> str:
-    """Mean (min-max over seeds) of the headline quantities, per world and objective."""
+    """Mean (min-max over seeds) of the headline quantities, per world and objective; each
+    quantity is first averaged over blocks and subsets within a seed, except `worst_preserve_r2`,
+    the lowest block's preserve_r2 (the acceptance bar is per block)."""
     keep = [
+        "input_r2",
         "preserve_r2",
+        "worst_preserve_r2",
         "preserve_r2_linear",
         "nuisance_r2",
         "mcc",
@@ -322,12 +338,21 @@ def summary_table(results: pd.DataFrame) -> str:
         "disentangle_out_r2",
     ]
     r = results[results.quantity.isin(keep)]
-    per_seed = r.groupby(["world", "objective", "quantity", "seed"]).value.mean()
+    keys = ["world", "objective", "quantity", "seed"]
+    per_seed = pd.concat(
+        [
+            r.groupby(keys).value.mean(),
+            r[r.quantity == "preserve_r2"]
+            .assign(quantity="worst_preserve_r2")
+            .groupby(keys)
+            .value.min(),
+        ]
+    )
     stats = per_seed.groupby(["world", "objective", "quantity"]).agg(["mean", "min", "max"])
     table = stats.apply(lambda s: f"{s['mean']:.3f} ({s['min']:.2f}-{s['max']:.2f})", axis=1)
     return (
         table.unstack("quantity")
-        .reindex(columns=[q for q in keep if q in r.quantity.unique()])
+        .reindex(columns=[q for q in keep if q in per_seed.index.get_level_values("quantity")])
         .to_string()
     )
 

@@ -65,7 +65,9 @@ def smartclip_loss(
     u_g, t_g, m_g = (x if x is not None else y for x, y in ((u_all, u), (t_all, t), (m_all, m)))
     target = torch.arange(u.shape[0], device=u.device) + offset
     rows = logit_scale * masked_similarity(u, m_g, t_g)  # [b, B]: local images × all captions
-    cols = logit_scale * masked_similarity(u_g, m, t)  # [B, b]: all images × local captions
+    gathered = any(x is not None for x in (u_all, t_all, m_all))
+    # [B, b]: all images × local captions; the same matrix as `rows` on a single process
+    cols = logit_scale * masked_similarity(u_g, m, t) if gathered else rows
     sidm = F.cross_entropy(rows, target)
     dism = F.cross_entropy(cols.T, target)
     sparsity = m.mean()

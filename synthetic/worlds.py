@@ -40,7 +40,7 @@ class WorldConfig:
     img_nuisance_dim: int = 2
     txt_nuisance_dim: int = 2
     noise: float = 0.0
-    mixing_layers: int = 3
+    mixing_layers: int = 2
     max_cond: float = 25.0
     img_rank: int | None = None
     seed: int = 0

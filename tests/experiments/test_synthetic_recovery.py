@@ -82,6 +82,7 @@ def test_measure_reports_every_quantity_for_smartclip():
     frame = pd.DataFrame(rows)
     quantities = set(frame.quantity)
     assert {
+        "input_r2",
         "preserve_r2",
         "preserve_r2_linear",
         "nuisance_r2",
@@ -94,7 +95,15 @@ def test_measure_reports_every_quantity_for_smartclip():
         "final_loss",
     } <= quantities
     assert set(frame[frame.quantity == "preserve_r2"].block) == {"z0", "z1", "z2", "z3"}
-    assert frame[frame.quantity == "disentangle_in_r2"].subset.nunique() == 3
+    inside = frame[frame.quantity == "disentangle_in_r2"]
+    assert inside.subset.nunique() == 3
+    # each subset's in-rows are exactly its blocks; the out-rows the others
+    outside = frame[frame.quantity == "disentangle_out_r2"]
+    for subset, rows in inside.groupby("subset"):
+        assert set(rows.block) == set(subset.split("+"))
+        assert set(outside[outside.subset == subset].block) == {"z0", "z1", "z2", "z3"} - set(
+            subset.split("+")
+        )
     assert len(frame[frame.quantity == "mask_on"]) == 4 * cfg.embed_dim
 
 
