@@ -24,6 +24,9 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from pathlib import Path
 
 import open_clip
@@ -230,3 +233,17 @@ def export_open_clip(checkpoint: str | Path, path: str | Path) -> Path:
     config = open_clip_config(ckpt["model_name"], ckpt["context_length"])
     (path.parent / EXPORT_CONFIG_NAME).write_text(json.dumps({"model_cfg": config}, indent=1))
     return path
+
+
+def preprocess(clip: torch.nn.Module) -> Callable:
+    """The model's deterministic (evaluation) image preprocessing."""
+    pp = open_clip.get_model_preprocess_cfg(clip)
+    keys = ("mean", "std", "resize_mode", "interpolation", "fill_color")
+    return open_clip.image_transform(pp["size"], is_train=False, **{k: pp[k] for k in keys})
+
+
+def autocast_context(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
+    if precision == "fp32":
+        return nullcontext
+    dtype = torch.float16 if precision == "amp" else torch.bfloat16
+    return partial(torch.autocast, device.type, dtype=dtype)

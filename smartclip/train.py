@@ -61,6 +61,7 @@ from tqdm import tqdm
 from smartclip import distributed as dist
 from smartclip.cli import parse_config, require
 from smartclip.data import FORMATS, Batch, EvalSet, TrainData, build_eval_set, build_train_loader
+from smartclip.eval import encode_images, encode_texts, retrieval_metrics
 from smartclip.fit import cosine_lr
 from smartclip.losses import OBJECTIVES, Embeddings, LossOutput, objective_loss
 from smartclip.model import (
@@ -68,8 +69,10 @@ from smartclip.model import (
     KEEP_POSITIONS,
     TINY_MODEL,
     SmartCLIPModel,
+    autocast_context,
     build_model,
     export_open_clip,
+    preprocess,
 )
 from synthetic.scenes import SceneConfig, write_dataset
 
@@ -229,9 +232,14 @@ PRESETS = {
 # -------------------------------------------------------------------------------------- helpers
 
 
+def scenes_root(scenes_dir: str | Path, n_images: int) -> Path:
+    """Where the built-in scenes of this size are cached (splits `train/`, `val/` inside)."""
+    return Path(scenes_dir) / f"n{n_images}-px{SCENES_IMAGE_SIZE}"
+
+
 def prepare_scenes(cfg: TrainConfig, env: dist.DistEnv) -> tuple[str, str]:
     """Render the built-in scenes once (rank 0, atomically); return the train and val CSVs."""
-    root = Path(cfg.scenes_dir) / f"n{cfg.scenes_images}-px{SCENES_IMAGE_SIZE}"
+    root = scenes_root(cfg.scenes_dir, cfg.scenes_images)
     train_csv, val_csv = root / "train" / "captions.csv", root / "val" / "captions.csv"
     if env.is_main and not train_csv.exists():
         if root.exists():
@@ -257,13 +265,6 @@ def data_options(cfg: TrainConfig, source: str) -> tuple[str | None, dict]:
     return fmt, options
 
 
-def preprocess(clip: torch.nn.Module) -> Callable:
-    """The model's deterministic (evaluation) image preprocessing."""
-    pp = open_clip.get_model_preprocess_cfg(clip)
-    keys = ("mean", "std", "resize_mode", "interpolation", "fill_color")
-    return open_clip.image_transform(pp["size"], is_train=False, **{k: pp[k] for k in keys})
-
-
 def param_groups(model: SmartCLIPModel, cfg: TrainConfig) -> list[dict]:
     """Backbone weights (lr, wd); backbone biases, norms and embeddings (lr, no wd); mask net."""
     no_wd_names = {f"clip.{n}" for n in model.clip.no_weight_decay()}
@@ -287,13 +288,6 @@ def param_groups(model: SmartCLIPModel, cfg: TrainConfig) -> list[dict]:
         for n, ps in groups.items()
         if ps
     ]
-
-
-def autocast_context(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
-    if precision == "fp32":
-        return nullcontext
-    dtype = torch.float16 if precision == "amp" else torch.bfloat16
-    return partial(torch.autocast, device.type, dtype=dtype)
 
 
 def rng_state() -> dict:
@@ -488,35 +482,13 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager],
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Recall@{1,5} of text→image and image→text retrieval with UNMASKED embeddings.
-
-    text→image: a caption's image ranks in the top k; image→text: any of its captions does.
-    """
+    """Recall@{1,5,10} of text→image and image→text retrieval with UNMASKED embeddings
+    (`smartclip.eval.retrieval_metrics`)."""
     model.eval()
-    with autocast():
-        images = torch.cat(
-            [model.encode_image(x.to(device)) for x in eval_set.image_loader(transform, batch_size)]
-        )
-        captions = list(eval_set.captions)
-        texts = torch.cat(
-            [
-                model.encode_text(tokenizer(captions[i : i + batch_size]).to(device))
-                for i in range(0, len(captions), batch_size)
-            ]
-        )
+    images = encode_images(model, eval_set, transform, device, autocast, batch_size)
+    texts = encode_texts(model, tokenizer, eval_set.captions, device, autocast, batch_size)
     model.train()
-    sim = texts.float() @ images.float().T  # [T, I]
-    target = eval_set.text_to_image.to(device)
-    t2i_rank = (sim > sim.gather(1, target[:, None])).sum(1)
-    own = torch.zeros_like(sim, dtype=torch.bool)
-    own[torch.arange(len(target), device=device), target] = True
-    best_own = sim.masked_fill(~own, -torch.inf).max(0).values  # [I]
-    i2t_rank = (sim > best_own[None]).sum(0)
-    return {
-        f"{name}_r{k}": (rank < k).float().mean().item() * 100
-        for name, rank in (("t2i", t2i_rank), ("i2t", i2t_rank))
-        for k in (1, 5)
-    }
+    return retrieval_metrics(images, texts, eval_set.text_to_image)
 
 
 class RunLog:

@@ -1,0 +1,194 @@
+"""Retrieval, zero-shot and latent-R² evaluation; cross-checked against CLIP_benchmark's method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from smartclip import eval as sc_eval
+from smartclip.model import EXPORT_WEIGHTS_NAME, TINY_MODEL, create_clip
+from synthetic.scenes import write_dataset
+
+
+def benchmark_recall(images: torch.Tensor, texts: torch.Tensor, index: torch.Tensor, k: int):
+    """CLIP_benchmark's zero-shot retrieval computation, written independently: a positive-pair
+    matrix, top-k indices one-hot encoded, a query counts if any top-k item is positive."""
+
+    def recall_at_k(scores, positive_pairs, k):
+        n_queries, n_items = scores.shape
+        top = torch.topk(scores, k, dim=1).indices
+        onehot = torch.nn.functional.one_hot(top, num_classes=n_items)
+        true_positive = (onehot * positive_pairs.view(n_queries, 1, n_items)).sum(dim=(1, 2))
+        return true_positive / positive_pairs.sum(dim=1)
+
+    scores = texts @ images.T
+    positive = torch.zeros_like(scores, dtype=torch.bool)
+    positive[torch.arange(len(scores)), index] = True
+    t2i = (recall_at_k(scores, positive, k) > 0).float().mean().item() * 100
+    i2t = (recall_at_k(scores.T, positive.T, k) > 0).float().mean().item() * 100
+    return t2i, i2t
+
+
+def random_benchmark(seed: int, n_images: int = 40, dim: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(1, 6, (n_images,), generator=g)  # 1-5 captions per image
+    index = torch.repeat_interleave(torch.arange(n_images), counts)
+    images = torch.nn.functional.normalize(torch.randn(n_images, dim, generator=g), dim=-1)
+    noise = torch.randn(len(index), dim, generator=g)
+    texts = torch.nn.functional.normalize(images[index] + 0.9 * noise, dim=-1)
+    return images, texts, index
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_retrieval_matches_clip_benchmark(seed):
+    images, texts, index = random_benchmark(seed)
+    ours = sc_eval.retrieval_metrics(images, texts, index)
+    for k in (1, 5, 10):
+        t2i, i2t = benchmark_recall(images, texts, index, k)
+        assert ours[f"t2i_r{k}"] == pytest.approx(t2i)
+        assert ours[f"i2t_r{k}"] == pytest.approx(i2t)
+    assert 0 < ours["t2i_r1"] < 100  # the data is neither trivial nor hopeless
+
+
+def test_perfect_and_reversed_embeddings():
+    images, _, index = random_benchmark(3)
+    perfect = sc_eval.retrieval_metrics(images, images[index], index)
+    assert all(v == 100 for v in perfect.values())
+    worst = sc_eval.retrieval_metrics(images, -images[index], index, ks=(1,))
+    assert worst["t2i_r1"] == 0 and worst["i2t_r1"] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.permutations(list(range(12))))
+def test_recall_ignores_image_order_and_grows_with_k(seed, perm):
+    images, texts, index = random_benchmark(seed, n_images=12, dim=6)
+    perm = torch.tensor(perm)
+    inverse = torch.argsort(perm)
+    base = sc_eval.retrieval_metrics(images, texts, index, ks=(1, 3, 12))
+    shuffled = sc_eval.retrieval_metrics(images[perm], texts, inverse[index], ks=(1, 3, 12))
+    assert shuffled == pytest.approx(base)
+    for name in ("t2i", "i2t"):
+        assert base[f"{name}_r1"] <= base[f"{name}_r3"] <= base[f"{name}_r12"]
+    assert base["t2i_r12"] == 100  # every image is in the top 12 of 12
+
+
+def test_zeroshot_metrics_known_answer():
+    classes = torch.eye(3)
+    images = torch.tensor([[1.0, 0, 0], [0, 0.9, 0.1], [0.2, 0.1, 0.7], [0.6, 0.5, 0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    got = sc_eval.zeroshot_metrics(images, classes, labels)
+    assert got == {"top1": 75.0, "top5": 100.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / EXPORT_WEIGHTS_NAME
+    torch.save(create_clip(TINY_MODEL, context_length=77).state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> dict:
+    return write_dataset(tmp_path_factory.mktemp("scenes"), 40, ("csv", "coco"))
+
+
+def test_eval_cli_on_generated_scenes_agrees_with_the_reference(tiny_weights, scenes, tmp_path):
+    val = scenes["train"]  # more images than the val split; the weights never saw either
+    out = tmp_path / "eval.json"
+    args = ["--model", TINY_MODEL, "--pretrained", tiny_weights, "--data"]
+    args += [val.annotations["csv"], "--csv-id-key", "image_id", "--latents", str(val.latents)]
+    results = sc_eval.main([*args, "--output", str(out)])
+    written = json.loads(out.read_text())["results"]
+    assert written == json.loads(json.dumps(results))
+    retrieval = results[0]["retrieval"]
+    assert retrieval["images"] == len(val.images) and retrieval["captions"] > retrieval["images"]
+    assert set(results[0]["latent_r2"]) == set(sc_eval.SCENE_ATTRIBUTES)
+
+    # the same numbers from embeddings computed here and CLIP_benchmark's method
+    clip = create_clip(TINY_MODEL, tiny_weights).eval()
+    model = sc_eval.SmartCLIPModel(clip, with_mask=False).eval()
+    eval_set = sc_eval.build_eval_set(val.annotations["csv"], id_key="image_id")
+    cpu = torch.device("cpu")
+    transform, autocast = sc_eval.preprocess(clip), sc_eval.autocast_context("fp32", cpu)
+    images = sc_eval.encode_images(model, eval_set, transform, cpu, autocast)
+    tokenizer = sc_eval.open_clip.get_tokenizer(TINY_MODEL, context_length=clip.context_length)
+    texts = sc_eval.encode_texts(model, tokenizer, eval_set.captions, cpu, autocast)
+    for k in (1, 5, 10):
+        t2i, i2t = benchmark_recall(images, texts, eval_set.text_to_image, k)
+        assert retrieval[f"t2i_r{k}"] == pytest.approx(t2i)
+        assert retrieval[f"i2t_r{k}"] == pytest.approx(i2t)
+
+
+def test_coco_layout_gives_the_same_retrieval_as_csv(tiny_weights, scenes):
+    val = scenes["val"]
+    base = ["--model", TINY_MODEL, "--pretrained", tiny_weights]
+    from_csv = sc_eval.main([*base, "--data", val.annotations["csv"], "--csv-id-key", "image_id"])
+    from_coco = sc_eval.main([*base, "--data", val.annotations["coco"]])
+    keys = [f"{n}_r{k}" for n in ("t2i", "i2t") for k in (1, 5, 10)]
+    a, b = from_csv[0]["retrieval"], from_coco[0]["retrieval"]
+    assert (a["images"], a["captions"]) == (b["images"], b["captions"])
+    assert [a[k] for k in keys] == pytest.approx([b[k] for k in keys])
+
+
+def test_zeroshot_from_a_class_folder(tiny_weights, tmp_path):
+    rng = np.random.default_rng(0)
+    for name, colour in (("red_square", (220, 30, 30)), ("blue_square", (30, 30, 220))):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not a class")
+    results = sc_eval.main(
+        ["--pretrained", tiny_weights, "--zeroshot-dir", str(tmp_path), "--templates", "a {}."]
+    )
+    zeroshot = results[0]["zeroshot"]
+    assert (zeroshot["classes"], zeroshot["images"]) == (2, 6)
+    assert zeroshot["top5"] == 100.0  # two classes: both are in the top five
+    assert zeroshot["top1"] * 6 / 100 == pytest.approx(round(zeroshot["top1"] * 6 / 100))
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--data", "/no/such.csv"], "--data"),
+        (["--pretrained", "/no/weights.bin"], "--pretrained"),
+        (["--templates", "a photo"], "--templates"),
+        (["--latents", "x.npz"], "--latents"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        sc_eval.main(argv)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0]
+
+
+def test_no_argument_run_without_training_runs_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit) as info:
+        sc_eval.demo_config(tmp_path)
+    assert "python -m smartclip.train" in str(info.value.code)
+
+
+def test_demo_config_finds_the_newest_runs(tmp_path):
+    for stamp in ("2026_01_01", "2026_02_02"):
+        for objective in ("clip", "smartclip"):
+            export = tmp_path / f"{stamp}-tiny-{objective}" / "export" / EXPORT_WEIGHTS_NAME
+            export.parent.mkdir(parents=True)
+            export.write_bytes(b"")
+            config = {"model": TINY_MODEL, "scenes_dir": str(tmp_path), "scenes_images": 20}
+            (export.parents[1] / "config.json").write_text(json.dumps(config))
+    found = sc_eval.latest_demo(tmp_path)
+    assert [Path(p).parents[1].name for p in found.values()] == [
+        "2026_02_02-tiny-clip",
+        "2026_02_02-tiny-smartclip",
+    ]
