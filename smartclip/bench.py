@@ -1,0 +1,245 @@
+"""Training throughput of SmartCLIP vs CLIP steps: `python -m smartclip.bench [--flag value ...]`.
+
+For each model and objective: full training steps of `smartclip.train` (its `forward_backward`,
+AdamW with its parameter groups, grad scaler) on random images and tokens, timed after warm-up
+with device synchronisation. Reports samples/s, step time, peak memory, analytic model FLOPs
+per sample and MFU = achieved FLOP/s ÷ the device's dense peak, and the step-time ratio
+SmartCLIP / CLIP (the mask network's and the masked loss's overhead).
+
+Analytic FLOPs (a multiply-add = 2 FLOPs; norms, activations and softmax not counted):
+  transformer layer on N tokens of width W, MLP ratio r:  (8 + 4r)·N·W² + 4·N²·W
+  image tower:  patch embedding 2·P·(3p²)·W  + layers on N = P + 1  + projection 2·W·D
+  text tower:   layers on N = context length + projection 2·W·D
+  mask network: one layer on the text tokens + pooling score 2·N·W + projection 2·W·D
+  training step = 3 × forward (backward ≈ 2 × forward; mask network 2 ×, its input is
+  detached), plus the B×B loss matmuls.
+With no flags on a machine without CUDA it runs the tiny CPU model instead of the ViTs.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import open_clip
+import torch
+
+from smartclip.cli import parse_config, require
+from smartclip.data import Batch
+from smartclip.losses import OBJECTIVES
+from smartclip.model import LONG_CONTEXT, TINY_MODEL, autocast_context, build_model
+from smartclip.train import TrainConfig, forward_backward, param_groups
+
+# dense (no sparsity) peak FLOP/s by device name substring and precision
+PEAK_FLOPS = {
+    ("H100", "bf16"): 989e12,
+    ("H200", "bf16"): 989e12,
+    ("A100", "bf16"): 312e12,
+    ("A800", "bf16"): 312e12,
+    ("H100", "fp16"): 989e12,
+    ("H200", "fp16"): 989e12,
+    ("A100", "fp16"): 312e12,
+    ("A800", "fp16"): 312e12,
+}
+GPU_MODELS = ("ViT-B-16", "ViT-L-14")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every field is a flag."""
+
+    models: tuple[str, ...] = field(
+        default=GPU_MODELS, metadata={"help": f"open_clip configs (CPU default: {TINY_MODEL})"}
+    )
+    context_length: int = field(default=LONG_CONTEXT, metadata={"help": "text tokens"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "per step (None: 128 on CUDA, 8 on CPU)"}
+    )
+    steps: int = field(default=20, metadata={"help": "timed steps"})
+    warmup_steps: int = field(default=5, metadata={"help": "untimed steps first"})
+    objectives: tuple[str, ...] = field(default=OBJECTIVES, metadata={"help": "objectives"})
+    precision: str | None = field(
+        default=None, metadata={"help": "amp, amp_bf16 or fp32 (None: amp_bf16 on CUDA, else fp32)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto: cuda if available"})
+    grad_checkpointing: bool = False
+    torchcompile: bool = False
+    output: str | None = field(default=None, metadata={"help": "JSON file"})
+
+    def __post_init__(self) -> None:
+        for name in self.models:
+            require(open_clip.get_model_config(name) is not None, "models", f"unknown {name!r}")
+        require(bool(self.objectives), "objectives", "give at least one")
+        for o in self.objectives:
+            require(o in OBJECTIVES, "objectives", f"unknown {o!r}; choose from {OBJECTIVES}")
+        require(self.steps >= 1, "steps", "must be at least 1")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be non-negative")
+        require(self.batch_size is None or self.batch_size >= 1, "batch_size", "at least 1")
+        require(self.context_length >= 2, "context_length", "must be at least 2")
+        ok = self.precision in (None, "amp", "amp_bf16", "fp32")
+        require(ok, "precision", "amp, amp_bf16 or fp32")
+
+
+def layer_flops(tokens: int, width: int, mlp_ratio: float = 4.0, attention: bool = True) -> float:
+    """Forward FLOPs of one pre-norm transformer layer: QKV + output projections 8NW², MLP
+    4rNW², and (if `attention`) attention scores and weighted values 4N²W."""
+    return (8 + 4 * mlp_ratio) * tokens * width**2 + attention * 4 * tokens**2 * width
+
+
+def forward_flops(
+    config: dict, context_length: int, with_mask: bool, attention: bool = True
+) -> dict[str, float]:
+    """Analytic forward FLOPs per (image, caption) pair of an open_clip ViT config
+    (`attention=False` leaves out the N² attention terms)."""
+    v, t, d = config["vision_cfg"], config["text_cfg"], config["embed_dim"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    vw, tw = v["width"], t["width"]
+    image = 2 * patches * 3 * v["patch_size"] ** 2 * vw + 2 * vw * d
+    image += v["layers"] * layer_flops(patches + 1, vw, v.get("mlp_ratio", 4.0), attention)
+    text = t["layers"] * layer_flops(context_length, tw, t.get("mlp_ratio", 4.0), attention)
+    out = {"image": float(image), "text": float(text + 2 * tw * d)}
+    if with_mask:
+        mask = layer_flops(context_length, tw, attention=attention)
+        out["mask"] = float(mask + 2 * context_length * tw + 2 * tw * d)
+    return out
+
+
+def step_flops_per_sample(config: dict, context_length: int, objective: str, batch: int) -> float:
+    """Training FLOPs per pair: 3 × forward of the towers (backward = input and weight
+    gradients), 2 × forward of the mask network (its input is detached: weight gradients only),
+    and 3 × the loss's B×B×D matmuls (2 per pair: CLIP's two similarity matrices, SmartCLIP's
+    numerators and squared norms)."""
+    parts = forward_flops(config, context_length, objective == "smartclip")
+    loss = 2 * 2 * batch * config["embed_dim"]
+    return 3 * (parts["image"] + parts["text"] + loss) + 2 * parts.get("mask", 0.0)
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Dense peak FLOP/s of a known GPU at this precision (None where unknown)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    dtype = "bf16" if precision == "amp_bf16" else "fp16"
+    return next((p for (gpu, dt), p in PEAK_FLOPS.items() if gpu in name and dt == dtype), None)
+
+
+def peak_memory_gib(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+def run_one(cfg: BenchConfig, name: str, objective: str, device: torch.device) -> dict:
+    """Time `cfg.steps` training steps of one model and objective."""
+    precision = cfg.precision or ("amp_bf16" if device.type == "cuda" else "fp32")
+    batch = cfg.batch_size or (128 if device.type == "cuda" else 8)
+    train_cfg = TrainConfig(
+        model=name,
+        objective=objective,
+        batch_size=batch,
+        context_length=cfg.context_length,
+        precision=precision,
+        workers=0,
+    )
+    torch.manual_seed(0)
+    with_mask = objective == "smartclip"
+    model = build_model(name, None, cfg.context_length, with_mask=with_mask).to(device)
+    if cfg.grad_checkpointing:
+        model.clip.set_grad_checkpointing()
+    forward = torch.compile(model) if cfg.torchcompile else model
+    optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
+    autocast = autocast_context(precision, device)
+    size = model.clip.visual.image_size
+    size = size if isinstance(size, tuple) else (size, size)
+    images = torch.randn(batch, 3, *size)
+    tokens = torch.randint(1, 49_000, (batch, cfg.context_length))
+    step_batch = [Batch(images, tokens, 0)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward(forward, None, step_batch, train_cfg, device, scaler, autocast)
+        scaler.step(optimizer)
+        scaler.update()
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(cfg.warmup_steps):
+        step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / cfg.steps
+    config = open_clip.get_model_config(name)
+    flops = step_flops_per_sample(config, cfg.context_length, objective, batch)
+    peak = peak_flops(device, precision)
+    memory, memory_kind = peak_memory_gib(device)
+    return {
+        "model": name,
+        "objective": objective,
+        "batch_size": batch,
+        "precision": precision,
+        "step_seconds": seconds,
+        "samples_per_s": batch / seconds,
+        "train_flops_per_sample": flops,
+        "achieved_tflops": flops * batch / seconds / 1e12,
+        "mfu": None if peak is None else flops * batch / seconds / peak,
+        "peak_memory_gib": memory,
+        "memory_kind": memory_kind,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_config(
+        BenchConfig, argv, prog="python -m smartclip.bench", description=__doc__.split("\n")[0]
+    )
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
+    models = cfg.models
+    if device.type == "cpu" and not any(a.startswith("--models") for a in argv):
+        models = (TINY_MODEL,)
+        print(f"no CUDA device: benchmarking {TINY_MODEL} (pass --models to force the ViTs)")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}")
+    rows = [run_one(cfg, m, o, device) for m in models for o in cfg.objectives]
+    by_model: dict[str, dict[str, float]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["objective"]] = r["step_seconds"]
+    for r in rows:
+        times = by_model[r["model"]]
+        r["smartclip_over_clip"] = (
+            times["smartclip"] / times["clip"] if {"smartclip", "clip"} <= times.keys() else None
+        )
+        mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(
+            f"{r['model']:>16} {r['objective']:>9}  batch {r['batch_size']:>4}  "
+            f"{r['samples_per_s']:9.1f} samples/s  {1e3 * r['step_seconds']:8.1f} ms/step  "
+            f"{r['achieved_tflops']:7.2f} TFLOP/s  MFU {mfu:>6}  "
+            f"peak {r['peak_memory_gib']:.2f} GiB ({r['memory_kind']})"
+        )
+    for model, times in by_model.items():
+        if {"smartclip", "clip"} <= times.keys():
+            print(f"{model}: SmartCLIP step / CLIP step = {times['smartclip'] / times['clip']:.3f}")
+    if cfg.output:
+        out = Path(cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"config": asdict(cfg), "device": name, "results": rows}
+        out.write_text(json.dumps(payload, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The throughput benchmark: analytic FLOPs against counted ones, and the CLI on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import open_clip
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from smartclip import bench
+from smartclip.model import TINY_MODEL, build_model
+
+
+def counted(fn, *args) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("context", [77, 248])
+def test_analytic_forward_flops_match_counted_matmuls(context):
+    """The counter sees matmuls and convolutions but not CPU flash attention, so the dense part
+    is compared here and the attention term below; neither counts norms or activations."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, None, context)
+    config = open_clip.get_model_config(TINY_MODEL)
+    analytic = bench.forward_flops(config, context, with_mask=True, attention=False)
+    batch = 3
+    images = torch.randn(batch, 3, 64, 64)
+    tokens = torch.randint(1, 1000, (batch, context))
+    with torch.no_grad():
+        image = counted(model.clip.encode_image, images) / batch
+        text = counted(model.clip.encode_text, tokens) / batch
+        states = model.text_features(tokens)[1]
+        mask = counted(model.masknet, states) / batch
+    assert analytic["image"] == pytest.approx(image, rel=0.01)
+    assert analytic["text"] == pytest.approx(text, rel=0.01)
+    assert analytic["mask"] == pytest.approx(mask, rel=0.01)
+
+
+def test_attention_term_matches_counted_explicit_attention():
+    tokens, width, heads = 50, 96, 3
+    q, k, v = (torch.randn(heads, tokens, width // heads) for _ in range(3))
+    flops = counted(lambda: torch.softmax(q @ k.transpose(1, 2), -1) @ v)
+    dense = bench.layer_flops(tokens, width, attention=False)
+    assert bench.layer_flops(tokens, width) - dense == flops
+
+
+def test_training_flops_add_the_loss_and_triple_the_forward():
+    config = open_clip.get_model_config("ViT-B-16")
+    forward = sum(bench.forward_flops(config, 248, with_mask=False).values())
+    assert bench.step_flops_per_sample(config, 248, "clip", 1024) == pytest.approx(
+        3 * (forward + 4 * 1024 * 512)
+    )
+    # ViT-B/16 at 224 px: the 17.6 G multiply-adds per image that ViT/DeiT tables list as "FLOPs"
+    assert bench.forward_flops(config, 77, False)["image"] == pytest.approx(2 * 17.6e9, rel=0.02)
+
+
+def test_cli_times_both_objectives_on_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--models", TINY_MODEL, "--context-length", "77", "--steps", "2"]
+    rows = bench.main([*args, "--warmup-steps", "1", "--batch-size", "4", "--output", str(out)])
+    assert [r["objective"] for r in rows] == ["smartclip", "clip"]
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "cpu" and len(saved["results"]) == 2
+    for r in saved["results"]:
+        assert r["samples_per_s"] > 0 and r["mfu"] is None and r["peak_memory_gib"] > 0
+        ratio = rows[0]["step_seconds"] / rows[1]["step_seconds"]
+        assert r["smartclip_over_clip"] == pytest.approx(ratio)
+    assert "SmartCLIP step / CLIP step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--models", "ViT-Z-99"], "--models"),
+        (["--steps", "0"], "--steps"),
+        (["--objectives", "siglip"], "--objectives"),
+        (["--precision", "fp8"], "--precision"),
+    ],
+)
+def test_bad_flags_exit_with_one_line(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0]
