@@ -63,6 +63,9 @@ class EvalConfig:
     csv_caption_key: str = "title"
     csv_id_key: str | None = field(default=None, metadata={"help": "CSV column grouping captions"})
     image_root: str | None = field(default=None, metadata={"help": "root of relative image paths"})
+    split: str | None = field(
+        default=None, metadata={"help": "Karpathy-layout split to keep (COCO 5k / Flickr: test)"}
+    )
     latents: str | None = field(default=None, metadata={"help": "scenes latents.npz for R²"})
     zeroshot_dir: str | None = field(default=None, metadata={"help": "folder of class folders"})
     templates: tuple[str, ...] = field(default=TEMPLATES, metadata={"help": "zero-shot prompts"})
@@ -255,6 +258,8 @@ def _loader_options(cfg: EvalConfig, source: str, fmt: str | None) -> dict:
         options = {}
     if cfg.image_root is not None and ".tar" not in source:
         options["image_root"] = cfg.image_root
+    if cfg.split is not None:
+        options["split"] = cfg.split
     return options
 
 

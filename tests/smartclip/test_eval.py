@@ -97,7 +97,7 @@ def tiny_weights(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> dict:
-    return write_dataset(tmp_path_factory.mktemp("scenes"), 40, ("csv", "coco"))
+    return write_dataset(tmp_path_factory.mktemp("scenes"), 40, ("csv", "coco", "karpathy"))
 
 
 def test_eval_cli_on_generated_scenes_agrees_with_the_reference(tiny_weights, scenes, tmp_path):
@@ -136,6 +136,13 @@ def test_coco_layout_gives_the_same_retrieval_as_csv(tiny_weights, scenes):
     a, b = from_csv[0]["retrieval"], from_coco[0]["retrieval"]
     assert (a["images"], a["captions"]) == (b["images"], b["captions"])
     assert [a[k] for k in keys] == pytest.approx([b[k] for k in keys])
+
+
+def test_karpathy_split_selects_the_test_images(tiny_weights, scenes):
+    base = ["--pretrained", tiny_weights, "--data", scenes["val"].annotations["karpathy"]]
+    val = sc_eval.main([*base, "--split", "val"])[0]["retrieval"]
+    both = sc_eval.main(base)[0]["retrieval"]
+    assert val["images"] == len(scenes["val"].images) < both["images"]
 
 
 def test_zeroshot_from_a_class_folder(tiny_weights, tmp_path):
