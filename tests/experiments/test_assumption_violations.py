@@ -52,12 +52,8 @@ def test_verdict_follows_the_measurements(baseline_prediction, margin, verdict):
     assert (margins.margin > 0).all() if margin > 0 else (margins.margin < 0).all()
 
 
-def test_bad_world_name_exits_with_one_line(capsys):
-    with pytest.raises(SystemExit) as info:
-        av.main(["--worlds", "baseline,atlantis"])
-    assert info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "--worlds" in lines[0]
+def test_bad_world_name_exits_with_one_line(one_line_error):
+    one_line_error(av.main, ["--worlds", "baseline,atlantis"], "--worlds")
 
 
 @pytest.mark.slow

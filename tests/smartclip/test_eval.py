@@ -172,12 +172,8 @@ def test_zeroshot_from_a_class_folder(tiny_weights, tmp_path):
         (["--batch-size", "0"], "--batch-size"),
     ],
 )
-def test_bad_flags_exit_with_one_line(argv, flag, capsys):
-    with pytest.raises(SystemExit) as info:
-        sc_eval.main(argv)
-    assert info.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and flag in lines[0]
+def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
+    one_line_error(sc_eval.main, argv, flag)
 
 
 def test_no_argument_run_without_training_runs_says_what_to_do(tmp_path):

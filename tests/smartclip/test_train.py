@@ -58,12 +58,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )
-def test_bad_flags_exit_2_with_one_line(argv: list[str], flag: str, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert len(err.strip().splitlines()) == 1 and flag in err
+def test_bad_flags_exit_2_with_one_line(argv: list[str], flag: str, one_line_error) -> None:
+    one_line_error(train.main, argv, flag)
 
 
 def test_bad_flag_from_the_command_line() -> None:
