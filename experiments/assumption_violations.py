@@ -70,12 +70,12 @@ WORLDS: dict[str, Violation] = {
 class ViolationConfig(TrainSettings):
     """Training settings shared by all rows (a row may change the sparsity weight or width)."""
 
-    steps: int = field(default=4000, metadata={"help": "training steps per run"})
+    steps: int = field(default=6000, metadata={"help": "training steps per run"})
     out: str = field(default="runs/assumption_violations", metadata={"help": "output folder"})
     worlds: tuple[str, ...] = field(default=tuple(WORLDS), metadata={"help": "rows to run"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "model and data seeds"})
     world_seed: int = field(default=0, metadata={"help": "seed of every world's generators"})
-    n_eval: int = field(default=1000, metadata={"help": "held-out samples per evaluation"})
+    n_eval: int = field(default=2000, metadata={"help": "held-out samples per evaluation"})
     max_subsets: int = field(default=15, metadata={"help": "cap on evaluated caption subsets"})
     workers: int = field(default=2, metadata={"help": "parallel processes"})
 
