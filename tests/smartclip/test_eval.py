@@ -195,3 +195,23 @@ def test_demo_config_finds_the_newest_runs(tmp_path):
         "2026_02_02-tiny-clip",
         "2026_02_02-tiny-smartclip",
     ]
+
+
+def test_same_numbers_as_the_clip_benchmark_package(tiny_weights, scenes):
+    """The installed CLIP_benchmark's own `evaluate` on the same model and data (CI installs it)."""
+    reference = pytest.importorskip("clip_benchmark.metrics.zeroshot_retrieval")
+    val = scenes["train"]
+    ours = sc_eval.main(
+        ["--pretrained", tiny_weights, "--data", val.annotations["csv"], "--csv-id-key", "image_id"]
+    )[0]["retrieval"]
+    clip = create_clip(TINY_MODEL, tiny_weights).eval()
+    model = sc_eval.SmartCLIPModel(clip, with_mask=False).eval()
+    eval_set = sc_eval.build_eval_set(val.annotations["csv"], id_key="image_id")
+    images = list(eval_set.image_loader(sc_eval.preprocess(clip), batch_size=len(eval_set.images)))
+    texts = [[eval_set.captions[t] for t in ts] for ts in eval_set.image_to_texts()]
+    loader = [(images[0][i : i + 8], texts[i : i + 8]) for i in range(0, len(texts), 8)]
+    tokenizer = sc_eval.open_clip.get_tokenizer(TINY_MODEL, context_length=clip.context_length)
+    theirs = reference.evaluate(model, loader, tokenizer, "cpu", False, recall_k_list=[1, 5, 10])
+    for k in (1, 5, 10):
+        assert ours[f"t2i_r{k}"] == pytest.approx(100 * theirs[f"image_retrieval_recall@{k}"])
+        assert ours[f"i2t_r{k}"] == pytest.approx(100 * theirs[f"text_retrieval_recall@{k}"])
