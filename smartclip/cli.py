@@ -77,7 +77,7 @@ def build_parser(
     cls: type, presets: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
 ) -> argparse.ArgumentParser:
     """An argparse parser with one flag per dataclass field (defaults left as None sentinels)."""
-    parser = _OneLineParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+    parser = _OneLineParser(**kwargs)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="named set of overrides")
     hints = typing.get_type_hints(cls)

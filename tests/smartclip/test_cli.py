@@ -62,3 +62,11 @@ def test_preset_then_flags_override():
 )
 def test_errors_are_one_line_and_exit_2(argv, needle, one_line_error):
     one_line_error(lambda a: parse_config(Demo, a, PRESETS), argv, needle)
+
+
+def test_help_states_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Demo, ["--help"], PRESETS)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "how many (default: 10)" in text and "(default: None) (default" not in text
+    assert text.count("(default:") == 7  # one per field; --preset and --help have none
