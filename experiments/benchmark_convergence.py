@@ -3,8 +3,8 @@
     python experiments/benchmark_convergence.py [--steps 10000 --eval-every 500 --out DIR]
 
 Trains each objective with the quick preset's settings, schedule included (one process each,
-one thread), and every
-`eval_every` steps measures the worst block's held-out nonlinear R²(z_k | u). Wall-clock time
+one thread), and every `eval_every` steps measures the worst block's held-out nonlinear
+R²(z_k | u). Wall-clock time
 counts training only (evaluation time is excluded). Writes OUT/results.csv, OUT/convergence.png
 and prints the steps and seconds at which each threshold was first reached (or "not reached").
 """

@@ -243,6 +243,7 @@ def preprocess(clip: torch.nn.Module) -> Callable:
 
 
 def autocast_context(precision: str, device: torch.device) -> Callable[[], AbstractContextManager]:
+    """A factory of autocast contexts: none for fp32, float16 for amp, bfloat16 for amp_bf16."""
     if precision == "fp32":
         return nullcontext
     dtype = torch.float16 if precision == "amp" else torch.bfloat16
