@@ -31,6 +31,7 @@ import torch
 
 from smartclip.cli import parse_config, require
 from smartclip.data import Batch
+from smartclip.distributed import resolve_device
 from smartclip.losses import OBJECTIVES
 from smartclip.model import LONG_CONTEXT, TINY_MODEL, autocast_context, build_model
 from smartclip.train import TrainConfig, forward_backward, param_groups
@@ -205,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     cfg = parse_config(
         BenchConfig, argv, prog="python -m smartclip.bench", description=__doc__.split("\n")[0]
     )
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    device = resolve_device(cfg.device)
     models = cfg.models
     if device.type == "cpu" and not any(a.startswith("--models") for a in argv):
         models = (TINY_MODEL,)

@@ -332,6 +332,35 @@ def detect_format(source: str | Path) -> str:
     raise ValueError(f"cannot tell the format of {name!r}; pass fmt= one of {FORMATS}")
 
 
+def annotation_options(
+    source: str,
+    dataset_type: str = "auto",
+    *,
+    img_key: str = "filepath",
+    caption_key: str = "title",
+    sep: str | None = None,
+    id_key: str | None = None,
+    image_root: str | None = None,
+    split: str | None = None,
+) -> tuple[str | None, dict[str, Any]]:
+    """(format or None for auto, the ``load_annotations`` options that apply to the source's
+    format) from open_clip-style flags: CSV keys for csv/tsv, ``split`` for COCO JSON (Karpathy
+    layout), ``image_root`` for everything but shards."""
+    fmt = None if dataset_type == "auto" else dataset_type
+    resolved = fmt or detect_format(source)
+    options: dict[str, Any] = {}
+    if resolved in ("csv", "tsv"):
+        options = {"img_key": img_key, "caption_key": caption_key}
+        options |= {k: v for k, v in (("sep", sep), ("id_key", id_key)) if v is not None}
+    if image_root is not None and resolved != "wds":
+        options["image_root"] = image_root
+    if split is not None:
+        if resolved != "coco":
+            raise ValueError(f"{source}: a split applies to COCO/Karpathy JSON, not {resolved}")
+        options["split"] = split
+    return fmt, options
+
+
 def load_annotations(source: str | Path, fmt: str | None = None, **options: Any) -> Annotations:
     """Load any supported format; ``options`` go to the format's loader (``tsv`` sets ``sep``)."""
     fmt = fmt or detect_format(source)

@@ -32,6 +32,13 @@ class DistEnv:
         return self.rank == 0
 
 
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """`device` as given, or for "auto" cuda:local_rank when CUDA is available, else cpu."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Read torchrun's RANK/LOCAL_RANK/WORLD_SIZE; join a group (nccl on CUDA, gloo on CPU).
 
@@ -41,9 +48,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():

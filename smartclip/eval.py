@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from identifiability.metrics import r2_scores
 from smartclip.cli import ConfigError, parse_config, require
-from smartclip.data import FORMATS, EvalSet, build_eval_set
+from smartclip.data import FORMATS, EvalSet, annotation_options, build_eval_set
+from smartclip.distributed import resolve_device
 from smartclip.model import (
     EXPORT_WEIGHTS_NAME,
     TINY_MODEL,
@@ -219,8 +220,15 @@ def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device)
     transform, autocast = preprocess(clip), autocast_context(cfg.precision, device)
     out: dict = {"weights": weights, "context_length": clip.context_length}
     if cfg.data is not None:
-        fmt = None if cfg.dataset_type == "auto" else cfg.dataset_type
-        options = _loader_options(cfg, cfg.data, fmt)
+        fmt, options = annotation_options(
+            cfg.data,
+            cfg.dataset_type,
+            img_key=cfg.csv_img_key,
+            caption_key=cfg.csv_caption_key,
+            id_key=cfg.csv_id_key,
+            image_root=cfg.image_root,
+            split=cfg.split,
+        )
         eval_set = build_eval_set(cfg.data, fmt, **options)
         images = encode_images(
             model, eval_set, transform, device, autocast, cfg.batch_size, desc="images"
@@ -247,20 +255,6 @@ def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device)
             "images": len(eval_set.images),
         }
     return out
-
-
-def _loader_options(cfg: EvalConfig, source: str, fmt: str | None) -> dict:
-    if (fmt or "").startswith(("csv", "tsv")) or source.endswith((".csv", ".tsv")):
-        options = {"img_key": cfg.csv_img_key, "caption_key": cfg.csv_caption_key}
-        if cfg.csv_id_key:
-            options["id_key"] = cfg.csv_id_key
-    else:
-        options = {}
-    if cfg.image_root is not None and ".tar" not in source:
-        options["image_root"] = cfg.image_root
-    if cfg.split is not None:
-        options["split"] = cfg.split
-    return options
 
 
 def latest_demo(runs: str | Path) -> dict[str, Path]:
@@ -318,10 +312,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             EvalConfig, argv, prog="python -m smartclip.eval", description=__doc__.split("\n")[0]
         )
     else:
-        cfg = demo_config(EvalConfig.__dataclass_fields__["runs"].default)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+        cfg = demo_config(EvalConfig.runs)
+    device = resolve_device(cfg.device)
     results = [evaluate_weights(cfg, w, device) for w in (cfg.pretrained or (None,))]
     print_table(results)
     output = Path(cfg.output) if cfg.output else None

@@ -60,7 +60,15 @@ from tqdm import tqdm
 
 from smartclip import distributed as dist
 from smartclip.cli import parse_config, require
-from smartclip.data import FORMATS, Batch, EvalSet, TrainData, build_eval_set, build_train_loader
+from smartclip.data import (
+    FORMATS,
+    Batch,
+    EvalSet,
+    TrainData,
+    annotation_options,
+    build_eval_set,
+    build_train_loader,
+)
 from smartclip.eval import encode_images, encode_texts, retrieval_metrics
 from smartclip.fit import cosine_lr
 from smartclip.losses import OBJECTIVES, Embeddings, LossOutput, objective_loss
@@ -255,14 +263,13 @@ def prepare_scenes(cfg: TrainConfig, env: dist.DistEnv) -> tuple[str, str]:
 
 def data_options(cfg: TrainConfig, source: str) -> tuple[str | None, dict]:
     """(format, loader options) for an annotation source, from the --dataset-type/--csv-* flags."""
-    fmt = None if cfg.dataset_type == "auto" else cfg.dataset_type
-    is_csv = fmt in ("csv", "tsv") or (fmt is None and source.endswith((".csv", ".tsv")))
-    if not is_csv:
-        return fmt, {}
-    options = {"img_key": cfg.csv_img_key, "caption_key": cfg.csv_caption_key}
-    if cfg.csv_separator is not None:
-        options["sep"] = cfg.csv_separator
-    return fmt, options
+    return annotation_options(
+        source,
+        cfg.dataset_type,
+        img_key=cfg.csv_img_key,
+        caption_key=cfg.csv_caption_key,
+        sep=cfg.csv_separator,
+    )
 
 
 def param_groups(model: SmartCLIPModel, cfg: TrainConfig) -> list[dict]:

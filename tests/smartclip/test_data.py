@@ -23,6 +23,7 @@ from smartclip.data import (
     ImageTextDataset,
     Record,
     ShardDataset,
+    annotation_options,
     build_eval_set,
     build_train_loader,
     collate_skipping,
@@ -472,3 +473,20 @@ def test_training_loader_rejects_empty_sources(tmp_path: Path) -> None:
     path.write_text("filepath,title\n")
     with pytest.raises(ValueError, match="no usable records"):
         build_train_loader(path, ToTensor(), byte_tokenizer, batch_size=2)
+
+
+def test_annotation_options_give_each_format_only_its_own_options(tmp_path):
+    coco = tmp_path / "captions.json"
+    coco.write_text(json.dumps({"images": []}))
+    flags = {"img_key": "path", "caption_key": "text", "sep": ";", "image_root": "/img"}
+    assert annotation_options("a.csv", **flags) == (
+        None,
+        {"img_key": "path", "caption_key": "text", "sep": ";", "image_root": "/img"},
+    )
+    assert annotation_options(str(coco), split="test", **flags) == (
+        None,
+        {"image_root": "/img", "split": "test"},
+    )
+    assert annotation_options("s/{00..03}.tar", "wds", **flags) == ("wds", {})
+    with pytest.raises(ValueError, match="split"):
+        annotation_options("a.tsv", split="test")
