@@ -35,7 +35,8 @@ from identifiability.conditions import (
 )
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings
-from sweep import Job, atomic_write_text, run_sweep, write_json
+from smartclip.checkpoint import atomic_write_text
+from sweep import Job, begin, run_sweep, write_json
 from synthetic.worlds import WorldConfig
 
 PREDICTED = ("preserve_r2", "nuisance_r2", "disentangle_in_r2", "disentangle_out_r2", "block_r2")
@@ -303,23 +304,22 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ViolationConfig, argv, PRESETS, description=__doc__.split("\n")[0])
     out = Path(cfg.out)
     preds = predictions(cfg)  # before any training
+    todo = jobs(cfg)
+    derived = ("results.csv", "table.csv", "table.md", "violations.png")
+    begin(out, {"config": cfg, "worlds": {n: cfg.world_config(n) for n in cfg.worlds}}, todo, derived)
     write_json(
         {
-            "config": cfg,
-            "worlds": {n: cfg.world_config(n) for n in cfg.worlds},
-            "predictions": {
-                n: {
-                    "guarantee": p.guarantee,
-                    "assumptions": p.assumptions,
-                    "algebra": p.algebra,
-                    "expectations": p.expectations,
-                }
-                for n, p in preds.items()
-            },
+            n: {
+                "guarantee": p.guarantee,
+                "assumptions": p.assumptions,
+                "algebra": p.algebra,
+                "expectations": p.expectations,
+            }
+            for n, p in preds.items()
         },
         out / "predictions.json",
     )
-    results = run_sweep(jobs(cfg), out, cfg.workers, desc="assumption_violations")
+    results = run_sweep(todo, out, cfg.workers, desc="assumption_violations")
     table, margins = compare(preds, results)
     table.to_csv(out / "table.csv", index=False)
     atomic_write_text(out / "table.md", markdown(table))

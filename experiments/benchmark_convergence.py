@@ -23,8 +23,8 @@ from synthetic_recovery import RecoveryConfig, block_targets
 
 from identifiability.metrics import r2_scores
 from smartclip.cli import parse_config, require
-from smartclip.fit import FitConfig, fit
-from sweep import Job, Progress, run_sweep
+from smartclip.fit import FitConfig, fit, held_out_batch
+from sweep import Job, RunContext, begin, run_sweep
 from synthetic.worlds import World
 
 THRESHOLDS = (0.9, 0.95)
@@ -41,11 +41,11 @@ class BenchmarkConfig(RecoveryConfig):
 
 
 def trace(
-    progress: Progress, world_config, fit_config: FitConfig, eval_every: int, n_eval: int
+    ctx: RunContext, world_config, fit_config: FitConfig, eval_every: int, n_eval: int
 ) -> list[dict]:
     """Train once; every `eval_every` steps record (steps, train seconds, min block R²)."""
     world = World(world_config)
-    held_out = world.sample(n_eval, seed=10_000 + fit_config.seed)
+    held_out = held_out_batch(world, n_eval, fit_config.seed)
     targets = block_targets(world_config, held_out.z)
     rows, clock = [], {"train": 0.0, "since": time.perf_counter()}
 
@@ -66,10 +66,10 @@ def trace(
                 "loss": terms["loss"],
             }
         )
-        progress(eval_every)
+        ctx.progress(eval_every)
         clock["since"] = time.perf_counter()
 
-    fit(world, fit_config, on_step)
+    fit(world, fit_config, on_step, ctx.log_dir)
     return rows
 
 
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for o in cfg.objectives
     ]
+    begin(out, {"config": cfg}, jobs, derived=("results.csv", "convergence.png"))
     frames = run_sweep(jobs, out, cfg.workers, desc="benchmark", columns=None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for objective, g in frames.groupby("objective"):

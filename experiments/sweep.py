@@ -1,22 +1,31 @@
-"""What every experiment script shares: a resumable parallel sweep, CSV/JSON output, plots.
+"""What every experiment script shares: a resumable parallel sweep keyed by configuration, CSV
+and JSON output, plots.
 
-A sweep is a list of `Job`s. Each job's rows are written to `OUT/runs/<key>.csv` atomically when
-it finishes, so a sweep killed and restarted with the same `OUT` skips finished jobs. Jobs run in
-`workers` spawned processes (one torch thread each); a single progress bar counts training steps
-across all of them. Results are long-format rows:
+A sweep is a list of `Job`s. A job's `run_id` is a hash of everything its function receives (the
+function's name and its keyword arguments: world, training settings, evaluation sizes, ...), so
+a result belongs to its configuration: `OUT/runs/<key>-<run_id>.csv` (rows) and `.json` (the
+configuration) are written atomically when the job finishes, a sweep restarted with the same
+settings skips finished jobs, and a changed setting runs anew (the old result stays on disk
+under its own id and is never mixed in; the message names what changed). Jobs run in `workers`
+spawned processes (one torch thread each); a single progress bar counts training steps across
+all of them. Each job may log its training curves under `ctx.log_dir`
+(`OUT/logs/<key>-<run_id>/`). Results are long-format rows:
 
-    world, objective, seed, quantity, block, subset, dim, value
+    world, objective, seed, quantity, block, subset, dim, value, run
+
+`begin(out, payload, jobs)` starts an output folder: it removes the derived files of an earlier
+invocation and writes `config.json` (the payload plus every job's run id), so `config.json`,
+`results.csv` and what is derived from it always describe the same runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import multiprocessing as mp
-import os
 import queue
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +34,38 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-COLUMNS = ["world", "objective", "seed", "quantity", "block", "subset", "dim", "value"]
-Progress = Callable[[int], None]
+from smartclip.checkpoint import atomic_write_text
+from smartclip.cli import flag_name
+
+COLUMNS = ["world", "objective", "seed", "quantity", "block", "subset", "dim", "value", "run"]
+DERIVED = ("results.csv", "summary.txt")
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def canonical(obj: Any) -> str:
+    """Deterministic JSON of plain data and (nested) dataclasses: sorted keys, tuples as lists."""
+    return json.dumps(obj, sort_keys=True, default=_plain)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a running job may use besides its arguments: `progress(n)` advances the sweep's bar
+    by n steps; `log_dir` is the job's own folder for training curves."""
+
+    progress: Callable[[int], None]
+    log_dir: Path
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of a sweep: `fn(progress, **kwargs) -> rows`; `steps` sizes the progress bar.
+    """One unit of a sweep: `fn(ctx, **kwargs) -> rows`; `steps` sizes the progress bar.
     `fn` must be a module-level function (it is pickled into a worker process)."""
 
     key: str
@@ -39,20 +73,20 @@ class Job:
     kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int = 1
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the job's result, as plain data."""
+        fn = f"{self.fn.__module__}.{self.fn.__qualname__}"
+        return {"fn": fn, "kwargs": json.loads(canonical(self.kwargs))}
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    @property
+    def run_id(self) -> str:
+        """12 hex digits of the SHA-256 of the canonical configuration."""
+        return hashlib.sha256(canonical(self.config).encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        return f"{self.key}-{self.run_id}"
 
 
 def write_rows(
@@ -66,13 +100,48 @@ def write_rows(
 
 def write_json(obj: Any, path: Path) -> None:
     """JSON dump of plain data and dataclasses (nested), atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_plain) + "\n")
 
-    def default(o: Any) -> Any:
-        if dataclasses.is_dataclass(o):
-            return dataclasses.asdict(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-    atomic_write_text(path, json.dumps(obj, indent=2, default=default) + "\n")
+def begin(
+    out: Path, payload: dict[str, Any], jobs: Sequence[Job], derived: Sequence[str] = DERIVED
+) -> None:
+    """Start (or resume) an output folder: remove `derived` files of an earlier invocation and
+    write `config.json` = payload + {"runs": {key: run_id}}."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in derived:
+        (out / name).unlink(missing_ok=True)
+    write_json({**payload, "runs": {j.key: j.run_id for j in jobs}}, out / "config.json")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        items: dict[str, Any] = {}
+        for k, v in obj.items():
+            items |= _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return items
+    return {prefix: obj}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences 'path (--flag): old → new' between two job configurations."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for path in sorted(a.keys() | b.keys()):
+        if a.get(path) != b.get(path):
+            flag = flag_name(path.rsplit(".", 1)[-1])
+            out.append(f"{path} ({flag}): {a.get(path, '∅')} → {b.get(path, '∅')}")
+    return out
+
+
+def _report_changed(job: Job, runs: Path) -> None:
+    earlier = [p for p in runs.glob(f"{job.key}-*.json") if p.stem != job.name]
+    if not earlier:
+        return
+    newest = max(earlier, key=lambda p: p.stat().st_mtime)
+    changes = config_diff(json.loads(newest.read_text()), job.config)
+    shown = "; ".join(changes[:3]) + (f"; +{len(changes) - 3} more" if len(changes) > 3 else "")
+    print(f"{job.key}: an earlier run in {runs} used other settings ({shown}); running anew")
 
 
 def _init_worker() -> None:
@@ -84,8 +153,9 @@ def _init_worker() -> None:
     threadpool_limits(1)
 
 
-def _run_job(job: Job, progress_queue: Any) -> list[dict[str, Any]]:
-    return job.fn(lambda n: progress_queue.put(n), **job.kwargs)
+def _run_job(job: Job, progress_queue: Any, log_dir: Path) -> list[dict[str, Any]]:
+    ctx = RunContext(lambda n: progress_queue.put(n), log_dir)
+    return job.fn(ctx, **job.kwargs)
 
 
 def run_sweep(
@@ -95,16 +165,19 @@ def run_sweep(
     desc: str = "sweep",
     columns: list[str] | None = COLUMNS,
 ) -> pd.DataFrame:
-    """Run the jobs not yet finished under `out/runs`, then return (and write to
-    `out/results.csv`) all results; `columns=None` for rows that are not long-format results."""
+    """Run the jobs without a result for their configuration under `out/runs`, then return (and
+    write to `out/results.csv`) the results of exactly these jobs, each row tagged with its
+    job's run id (`run`); `columns=None` for rows that are not long-format results."""
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("job keys must be unique")
-    todo = [j for j in jobs if not (runs / f"{j.key}.csv").exists()]
+    todo = [j for j in jobs if not (runs / f"{j.name}.csv").exists()]
     if len(todo) < len(jobs):
         print(f"{desc}: {len(jobs) - len(todo)} of {len(jobs)} runs already done in {runs}")
+    for job in todo:
+        _report_changed(job, runs)
     if todo:
         with mp.get_context("spawn").Manager() as manager:
             progress_queue = manager.Queue()
@@ -112,17 +185,25 @@ def run_sweep(
             with ProcessPoolExecutor(
                 max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
             ) as pool:
-                pending = {pool.submit(_run_job, j, progress_queue): j for j in todo}
+                pending = {
+                    pool.submit(_run_job, j, progress_queue, out / "logs" / j.name): j
+                    for j in todo
+                }
                 while pending:
                     done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     _drain(progress_queue, bar)
                     for future in done:
                         job = pending.pop(future)
-                        write_rows(future.result(), runs / f"{job.key}.csv", columns)
+                        rows = [{**r, "run": job.run_id} for r in future.result()]
+                        write_rows(rows, runs / f"{job.name}.csv", columns)
+                        write_json(job.config, runs / f"{job.name}.json")
                         bar.set_postfix_str(f"done {job.key}")
                 _drain(progress_queue, bar)
             bar.close()
-    frames = [pd.read_csv(runs / f"{k}.csv", dtype={"block": str, "subset": str}) for k in keys]
+    frames = [
+        pd.read_csv(runs / f"{j.name}.csv", dtype={"block": str, "subset": str, "run": str})
+        for j in jobs
+    ]
     results = pd.concat(frames, ignore_index=True)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     return results

@@ -16,7 +16,12 @@ and, for SmartCLIP, with captions fixed to each subset S in the support of p(m) 
   disentangle_out_r2     R²(z_k | v) for k ∉ S (theory: → 0)
   mask_on                P(m̂_d = 1 | block k described) − P(m̂_d = 1 | not), per block k, dim d
   block_r2               R²(z_j | u restricted to the dims block k switches on), per (j, k)
-Writes OUT/results.csv (long format), OUT/config.json and PNG plots; resumes an interrupted OUT.
+  final_loss, final_mask_on, final_mask_varying   means over the last 100 training steps
+Evaluation samples come from the stream (seed, "eval", i), training batches from
+(seed, "train", step): disjoint for any number of steps (`synthetic.seeding`).
+Writes OUT/results.csv (long format), OUT/config.json, OUT/summary.txt, PNG plots and each run's
+training curves with the mask's health (OUT/logs/<run>/train.csv, TensorBoard); resumes an
+interrupted OUT, and reruns what a changed flag affects (`sweep`).
 """
 
 from __future__ import annotations
@@ -31,17 +36,10 @@ import torch
 
 from identifiability.metrics import mcc, r2, r2_scores
 from smartclip.cli import parse_config, require
-from smartclip.fit import FitConfig, TrainSettings, fit
+from smartclip.fit import FitConfig, TrainSettings, fit, held_out_batch
+from smartclip.checkpoint import atomic_write_text
 from smartclip.losses import OBJECTIVES
-from sweep import (
-    Job,
-    Progress,
-    atomic_write_text,
-    plot_grouped_bars,
-    plot_heatmap,
-    run_sweep,
-    write_json,
-)
+from sweep import Job, RunContext, begin, plot_grouped_bars, plot_heatmap, run_sweep
 from synthetic.worlds import World, WorldConfig
 
 NAMED_WORLDS: dict[str, dict] = {
@@ -57,7 +55,9 @@ class RecoveryConfig(TrainSettings):
     the others are NAMED_WORLDS (with the nuisance, noise and correlation flags applied)."""
 
     out: str = field(default="runs/synthetic_recovery", metadata={"help": "output folder"})
-    objectives: tuple[str, ...] = field(default=OBJECTIVES, metadata={"help": "objectives"})
+    objectives: tuple[str, ...] = field(
+        default=("smartclip", "clip"), metadata={"help": "objectives"}
+    )
     seeds: tuple[int, ...] = field(default=(0,), metadata={"help": "seeds (world, model, data)"})
     worlds: tuple[str, ...] = field(
         default=("custom",), metadata={"help": f"custom or {', '.join(NAMED_WORLDS)}"}
@@ -159,7 +159,7 @@ def measure(
     lowering the predictable targets' R² (tests/identifiability/test_metrics.py)."""
     c = world.config
     names = block_names(c)
-    batch = world.sample(n_eval, seed=10_000 + seed)
+    batch = held_out_batch(world, n_eval, seed)
     emb = embed(model, batch.x, batch.t)
     z = batch.z.numpy()
     blocks = block_targets(c, batch.z)
@@ -203,8 +203,8 @@ def measure(
             for target, value in r2_scores(u[:, dims], blocks).items():
                 row("block_r2", value, target, subset=f"dims({name})")
 
-    for subset in c.support()[:max_subsets]:
-        fixed = world.sample(n_eval, seed=20_000 + seed, mask=subset)
+    for i, subset in enumerate(c.support()[:max_subsets]):
+        fixed = held_out_batch(world, n_eval, seed, 1 + i, mask=subset)
         v = embed(model, fixed.x, fixed.t)["v"]
         label = "+".join(names[k] for k in subset)
         targets = block_targets(c, fixed.z)
@@ -219,7 +219,7 @@ def measure(
 
 
 def run_one(
-    progress: Progress,
+    ctx: RunContext,
     world_config: WorldConfig,
     fit_config: FitConfig,
     n_eval: int,
@@ -227,25 +227,21 @@ def run_one(
 ) -> list[dict]:
     """generate → train → evaluate, for one (world, objective, seed)."""
     world = World(world_config)
-    losses: list[float] = []
+    tail: list[dict[str, float]] = []
 
     def on_step(step: int, terms: dict[str, float], model: torch.nn.Module) -> None:
-        losses.append(terms["loss"])
+        tail.append(terms)
+        del tail[:-100]
         if (step + 1) % 100 == 0:
-            progress(100)
+            ctx.progress(100)
 
-    model = fit(world, fit_config, on_step)
-    progress(fit_config.steps % 100)
+    model = fit(world, fit_config, on_step, ctx.log_dir)
+    ctx.progress(fit_config.steps % 100)
     rows = measure(world, model, n_eval, max_subsets, fit_config.seed)
-    rows.append(
-        {
-            "quantity": "final_loss",
-            "block": "",
-            "subset": "",
-            "dim": "",
-            "value": float(np.mean(losses[-100:])),
-        }
-    )
+    for name in ("loss", "mask_on", "mask_varying"):
+        if name in tail[-1]:
+            value = float(np.mean([t[name] for t in tail]))
+            rows.append({"quantity": f"final_{name}", "block": "", "subset": "", "dim": "", "value": value})
     return rows
 
 
@@ -273,18 +269,16 @@ def jobs(cfg: RecoveryConfig) -> list[Job]:
     return out
 
 
-def tag_rows(progress: Progress, meta: dict, **kwargs) -> list[dict]:
-    return [{**meta, **r} for r in run_one(progress, **kwargs)]
+def tag_rows(ctx: RunContext, meta: dict, **kwargs) -> list[dict]:
+    return [{**meta, **r} for r in run_one(ctx, **kwargs)]
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(RecoveryConfig, argv, PRESETS, description=__doc__.split("\n")[0])
     out = Path(cfg.out)
-    write_json(
-        {"config": cfg, "worlds": {w: cfg.world_config(w, 0) for w in cfg.worlds}},
-        out / "config.json",
-    )
-    results = run_sweep(jobs(cfg), out, cfg.workers, desc="synthetic_recovery")
+    todo = jobs(cfg)
+    begin(out, {"config": cfg, "worlds": {w: cfg.world_config(w, 0) for w in cfg.worlds}}, todo)
+    results = run_sweep(todo, out, cfg.workers, desc="synthetic_recovery")
     plot(results, out)
     table = summary_table(results)
     atomic_write_text(out / "summary.txt", table + "\n")

@@ -25,6 +25,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from synthetic.mixing import InvertibleMLP
+from synthetic.seeding import stream
 from synthetic.worlds import World, WorldConfig
 
 Subset = tuple[int, ...]
@@ -74,7 +75,7 @@ def jacobian_check(
 
 def generator_inputs(world: World, n: int = 256, seed: int = 0) -> dict[str, torch.Tensor]:
     """Samples of the generators' inputs: (z, s_I) for g_I and (z ⊙ m, m, s_T) for g_T."""
-    b = world.sample(n, seed=seed)
+    b = world.sample(n, stream(seed, "check"))
     dims = torch.tensor(world.config.block_dims)
     m_dims = b.m.repeat_interleave(dims, dim=1)
     return {

@@ -11,8 +11,12 @@ Analytic FLOPs (a multiply-add = 2 FLOPs; norms, activations and softmax not cou
   image tower:  patch embedding 2·P·(3p²)·W  + layers on N = P + 1  + projection 2·W·D
   text tower:   layers on N = context length + projection 2·W·D
   mask network: one layer on the text tokens + pooling score 2·N·W + projection 2·W·D
-  training step = 3 × forward (backward ≈ 2 × forward; mask network 2 ×, its input is
-  detached), plus the B×B loss matmuls.
+  training step = forward + backward = 3 × forward (every matmul's backward computes its weight
+  gradient and its input gradient, each costing a forward), except the patch embedding, whose
+  input (pixels) needs no gradient: 2 × its forward. The mask network's input is detached, but
+  its first LayerNorm has parameters, so its first projection still needs the input gradient:
+  3 × forward too. Plus 3 × the B×B loss matmuls. Checked against torch's flop counter on
+  forward + backward (`tests/smartclip/test_bench.py`).
 With no flags on a machine without CUDA it runs the tiny CPU model instead of the ViTs.
 """
 
@@ -34,7 +38,9 @@ from smartclip.data import Batch
 from smartclip.distributed import resolve_device
 from smartclip.losses import OBJECTIVES
 from smartclip.model import LONG_CONTEXT, TINY_MODEL, autocast_context, build_model
-from smartclip.train import TrainConfig, forward_backward, param_groups
+from smartclip.optim import param_groups
+from smartclip.step import forward_backward, objective_from_config
+from smartclip.train_config import TrainConfig
 
 # dense (no sparsity) peak FLOP/s by device name substring and precision
 PEAK_FLOPS = {
@@ -63,7 +69,7 @@ class BenchConfig:
     )
     steps: int = field(default=20, metadata={"help": "timed steps"})
     warmup_steps: int = field(default=5, metadata={"help": "untimed steps first"})
-    objectives: tuple[str, ...] = field(default=OBJECTIVES, metadata={"help": "objectives"})
+    objectives: tuple[str, ...] = field(default=tuple(OBJECTIVES), metadata={"help": "objectives"})
     precision: str | None = field(
         default=None, metadata={"help": "amp, amp_bf16 or fp32 (None: amp_bf16 on CUDA, else fp32)"}
     )
@@ -77,7 +83,9 @@ class BenchConfig:
             require(open_clip.get_model_config(name) is not None, "models", f"unknown {name!r}")
         require(bool(self.objectives), "objectives", "give at least one")
         for o in self.objectives:
-            require(o in OBJECTIVES, "objectives", f"unknown {o!r}; choose from {OBJECTIVES}")
+            require(
+                o in OBJECTIVES, "objectives", f"unknown {o!r}; choose from {tuple(OBJECTIVES)}"
+            )
         require(self.steps >= 1, "steps", "must be at least 1")
         require(self.warmup_steps >= 0, "warmup_steps", "must be non-negative")
         require(self.batch_size is None or self.batch_size >= 1, "batch_size", "at least 1")
@@ -110,14 +118,30 @@ def forward_flops(
     return out
 
 
+def patch_embedding_flops(config: dict) -> float:
+    """Forward FLOPs of the image tower's patch embedding (a convolution on the pixels)."""
+    v = config["vision_cfg"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    return float(2 * patches * 3 * v["patch_size"] ** 2 * v["width"])
+
+
+def training_flops(
+    config: dict, context_length: int, with_mask: bool, attention: bool = True
+) -> dict[str, float]:
+    """Forward + backward FLOPs per pair of each part (see the module docstring): 3 × forward,
+    less the input gradient of the patch embedding (pixels need none)."""
+    parts = forward_flops(config, context_length, with_mask, attention)
+    out = {name: 3 * value for name, value in parts.items()}
+    out["image"] -= patch_embedding_flops(config)
+    return out
+
+
 def step_flops_per_sample(config: dict, context_length: int, objective: str, batch: int) -> float:
-    """Training FLOPs per pair: 3 × forward of the towers (backward = input and weight
-    gradients), 2 × forward of the mask network (its input is detached: weight gradients only),
-    and 3 × the loss's B×B×D matmuls (2 per pair: CLIP's two similarity matrices, SmartCLIP's
-    numerators and squared norms)."""
-    parts = forward_flops(config, context_length, objective == "smartclip")
-    loss = 2 * 2 * batch * config["embed_dim"]
-    return 3 * (parts["image"] + parts["text"] + loss) + 2 * parts.get("mask", 0.0)
+    """Training FLOPs per pair: `training_flops` of the towers (and mask network), plus 3 × the
+    loss's B×B×D matmuls (2 per pair: CLIP's two similarity matrices, SmartCLIP's numerators and
+    squared norms)."""
+    parts = training_flops(config, context_length, objective == "smartclip")
+    return sum(parts.values()) + 3 * 2 * 2 * batch * config["embed_dim"]
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
@@ -153,7 +177,9 @@ def run_one(cfg: BenchConfig, name: str, objective: str, device: torch.device) -
     if cfg.grad_checkpointing:
         model.clip.set_grad_checkpointing()
     forward = torch.compile(model) if cfg.torchcompile else model
-    optimizer = torch.optim.AdamW(param_groups(model, train_cfg))
+    groups = param_groups(model, train_cfg.lr, train_cfg.wd, train_cfg.mask_lr, train_cfg.mask_wd)
+    optimizer = torch.optim.AdamW(groups)
+    loss_fn = objective_from_config(train_cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
     autocast = autocast_context(precision, device)
     size = model.clip.visual.image_size
@@ -166,7 +192,7 @@ def run_one(cfg: BenchConfig, name: str, objective: str, device: torch.device) -
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        forward_backward(forward, None, step_batch, train_cfg, device, scaler, autocast)
+        forward_backward(forward, None, step_batch, loss_fn, train_cfg, device, scaler, autocast)
         scaler.step(optimizer)
         scaler.update()
 

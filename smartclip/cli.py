@@ -81,12 +81,12 @@ def build_parser(
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="named set of overrides")
     hints = typing.get_type_hints(cls)
-    defaults = cls()
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         tp = hints[f.name]
-        help_text = f.metadata.get("help", "") + f" (default: {getattr(defaults, f.name)!r})"
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
         help_text = help_text.replace("%", "%%")
         if tp is bool:
             parser.add_argument(

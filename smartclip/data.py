@@ -633,6 +633,7 @@ class Batch(NamedTuple):
     images: torch.Tensor
     texts: torch.Tensor
     n_dropped: int
+    n_truncated: int = 0
 
 
 def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
@@ -778,6 +779,12 @@ def build_eval_set(
     records = annotations.records
     if check_images:
         records = [r for r in records if _open_image(r.image, f"{source}:{r.image_id}") is not None]
+    if not records:
+        raise ValueError(
+            f"{source}: the evaluation set is empty ({len(annotations.records)} records, "
+            f"{len(annotations.records) - len(records)} with unreadable images, "
+            f"{annotations.n_malformed} malformed entries)"
+        )
     index = [i for i, r in enumerate(records) for _ in r.captions]
     return EvalSet(
         images=tuple(r.image for r in records),

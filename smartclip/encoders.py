@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from smartclip.losses import Embeddings
+from smartclip.losses import Features
 from smartclip.masknet import MaskNet
 
 
@@ -73,7 +73,7 @@ class SyntheticCLIP(nn.Module):
         h = self.text(t)
         return nn.functional.normalize(self.text_proj(h), dim=-1), h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> Embeddings:
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> Features:
         t_emb, states = self.encode_text(t)
         m = self.masknet(states) if self.masknet is not None else None
-        return Embeddings(u=self.encode_image(x), t=t_emb, m=m)
+        return Features(u=self.encode_image(x), t=t_emb, m=m)

@@ -27,11 +27,12 @@ import torch
 from tqdm import tqdm
 
 from identifiability.metrics import r2_scores
+from smartclip.builtin import scenes_root
 from smartclip.cli import ConfigError, parse_config, require
 from smartclip.data import FORMATS, EvalSet, annotation_options, build_eval_set
 from smartclip.distributed import resolve_device
+from smartclip.export import EXPORT_WEIGHTS_NAME
 from smartclip.model import (
-    EXPORT_WEIGHTS_NAME,
     TINY_MODEL,
     SmartCLIPModel,
     autocast_context,
@@ -164,6 +165,25 @@ def encode_texts(
     return torch.cat(parts)
 
 
+def evaluate_retrieval(
+    model: SmartCLIPModel,
+    eval_set: EvalSet,
+    tokenizer: Callable,
+    transform: Callable,
+    device: torch.device,
+    autocast: Callable,
+    batch_size: int = 128,
+) -> dict[str, float]:
+    """Recall@{1,5,10} of text→image and image→text retrieval with unmasked embeddings; the
+    model is left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    images = encode_images(model, eval_set, transform, device, autocast, batch_size)
+    texts = encode_texts(model, tokenizer, eval_set.captions, device, autocast, batch_size)
+    model.train(was_training)
+    return retrieval_metrics(images, texts, eval_set.text_to_image)
+
+
 def zeroshot_set(folder: str | Path) -> tuple[EvalSet, list[str]]:
     """Images of `folder/<class>/*` as an EvalSet (labels in `text_to_image`'s place) and the
     class names (folder names, underscores as spaces), sorted."""
@@ -197,6 +217,31 @@ def zeroshot_metrics(
     return {
         "top1": hits[:, 0].float().mean().item() * 100,
         "top5": hits.any(1).float().mean().item() * 100,
+    }
+
+
+def evaluate_zeroshot(
+    model: SmartCLIPModel,
+    tokenizer: Callable,
+    transform: Callable,
+    folder: str | Path,
+    templates: Sequence[str],
+    device: torch.device,
+    autocast: Callable,
+    batch_size: int = 128,
+) -> dict[str, float]:
+    """Zero-shot top-1/top-5 accuracy on `folder/<class>/*` with a prompt-ensemble classifier:
+    row c = normalise(mean over templates of f_T(template(c)))."""
+    eval_set, classes = zeroshot_set(folder)
+    images = encode_images(model, eval_set, transform, device, autocast, batch_size)
+    prompts = [t.format(c) for c in classes for t in templates]
+    per_prompt = encode_texts(model, tokenizer, prompts, device, autocast, batch_size)
+    classifier = per_prompt.view(len(classes), len(templates), -1).mean(1)
+    classifier = torch.nn.functional.normalize(classifier, dim=-1)
+    return {
+        **zeroshot_metrics(images, classifier, eval_set.text_to_image),
+        "classes": len(classes),
+        "images": len(eval_set.images),
     }
 
 
@@ -243,17 +288,16 @@ def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device)
         if cfg.latents is not None:
             out["latent_r2"] = latent_r2(images, eval_set.image_ids, cfg.latents)
     if cfg.zeroshot_dir is not None:
-        eval_set, classes = zeroshot_set(cfg.zeroshot_dir)
-        images = encode_images(model, eval_set, transform, device, autocast, cfg.batch_size)
-        prompts = [t.format(c) for c in classes for t in cfg.templates]
-        per_prompt = encode_texts(model, tokenizer, prompts, device, autocast, cfg.batch_size)
-        classifier = per_prompt.view(len(classes), len(cfg.templates), -1).mean(1)
-        classifier = torch.nn.functional.normalize(classifier, dim=-1)
-        out["zeroshot"] = {
-            **zeroshot_metrics(images, classifier, eval_set.text_to_image),
-            "classes": len(classes),
-            "images": len(eval_set.images),
-        }
+        out["zeroshot"] = evaluate_zeroshot(
+            model,
+            tokenizer,
+            transform,
+            cfg.zeroshot_dir,
+            cfg.templates,
+            device,
+            autocast,
+            cfg.batch_size,
+        )
     return out
 
 
@@ -274,8 +318,6 @@ def latest_demo(runs: str | Path) -> dict[str, Path]:
 
 def demo_config(runs: str | Path) -> EvalConfig:
     """The no-argument evaluation: both demo exports on the held-out scenes, with latent R²."""
-    from smartclip.train import scenes_root  # train imports this module
-
     exports = latest_demo(runs)
     run_config = json.loads((exports["smartclip"].parents[1] / "config.json").read_text())
     val = scenes_root(run_config["scenes_dir"], run_config["scenes_images"]) / "val"

@@ -1,6 +1,10 @@
 """Fit a small SmartCLIP or CLIP model on a synthetic world: fresh samples every step.
 
 θ ← Adam(θ, ∇_θ L(f_θ(x), g_θ(t)))  with a cosine learning-rate decay after a linear warm-up
+
+Every purpose draws from its own stream (`synthetic.seeding`): the model's initial weights from
+("init"), step s's batch from ("train", s); evaluation code uses ("eval", ...), so no number of
+steps makes a training batch coincide with an evaluation set.
 """
 
 from __future__ import annotations
@@ -8,13 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import torch
 
 from smartclip.cli import require
 from smartclip.encoders import SyntheticCLIP
-from smartclip.losses import OBJECTIVES, objective_loss
-from synthetic.worlds import World
+from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, build_objective
+from smartclip.masknet import CollapseWatch
+from smartclip.runlog import RunLog
+from synthetic.seeding import seed_for, stream
+from synthetic.worlds import Batch, World
 
 
 @dataclass(frozen=True)
@@ -36,16 +44,30 @@ class TrainSettings:
     logit_scale: float = 30.0
     learn_logit_scale: bool = False
     loss_weights: tuple[float, float, float] = (10.0, 10.0, 1.0)
+    sparsity: str = "abs"
+    mask_norm_floor: float = 1.0
     mask_hard: bool = True
     mask_detach: bool = True
+    log_every: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "embed_dim", "hidden", "depth", "text_width"):
+        positive = (
+            "steps",
+            "batch_size",
+            "embed_dim",
+            "hidden",
+            "depth",
+            "text_width",
+            "log_every",
+        )
+        for name in positive:
             require(getattr(self, name) > 0, name, f"must be positive, got {getattr(self, name)}")
         require(self.warmup >= 0, "warmup", f"must be non-negative, got {self.warmup}")
         require(self.lr > 0, "lr", f"must be positive, got {self.lr}")
         require(self.logit_scale > 0, "logit_scale", f"must be positive, got {self.logit_scale}")
         require(len(self.loss_weights) == 3, "loss_weights", "needs 3 values: sidm,dism,sparsity")
+        require(self.sparsity in SPARSITY_FORMS, "sparsity", f"choose one of {SPARSITY_FORMS}")
+        require(self.mask_norm_floor >= 0, "mask_norm_floor", "must be non-negative")
 
     def settings(self) -> dict:
         """The TrainSettings fields of this config (for building a FitConfig from a sweep's)."""
@@ -69,7 +91,8 @@ class FitConfig(TrainSettings):
 
 
 def build_model(world: World, cfg: FitConfig) -> SyntheticCLIP:
-    torch.manual_seed(cfg.seed)
+    """A fresh model, its weights drawn from the stream (cfg.seed, "init")."""
+    torch.manual_seed(seed_for(cfg.seed, "init"))
     return SyntheticCLIP(
         world.x_dim,
         world.t_dim,
@@ -93,26 +116,56 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def training_batch(world: World, cfg: FitConfig, step: int) -> Batch:
+    """The batch of training step `step`: `cfg.batch_size` samples from stream (seed, "train",
+    step)."""
+    return world.sample(cfg.batch_size, stream(cfg.seed, "train", step))
+
+
+def held_out_batch(
+    world: World, n: int, seed: int, index: int = 0, mask: tuple[int, ...] | None = None
+) -> Batch:
+    """Evaluation set `index` of run `seed`: n samples from stream (seed, "eval", index), with
+    every caption fixed to `mask` if given; never a training batch (`training_batch`)."""
+    return world.sample(n, stream(seed, "eval", index), mask)
+
+
 def fit(
     world: World,
     cfg: FitConfig,
     on_step: Callable[[int, dict[str, float], SyntheticCLIP], None] | None = None,
+    log_dir: Path | None = None,
 ) -> SyntheticCLIP:
-    """Train a fresh model for cfg.steps; `on_step(step, losses, model)` runs after every step."""
+    """Train a fresh model for cfg.steps; `on_step(step, losses, model)` runs after every step.
+
+    With `log_dir`, every `cfg.log_every` steps the loss terms, the learning rate and the mask's
+    health (`losses.mask_health`) go to `log_dir/train.csv` and TensorBoard, and a warning is
+    logged when the mask stops depending on the caption (`masknet.CollapseWatch`)."""
     model = build_model(world, cfg)
+    objective = build_objective(
+        cfg.objective,
+        weights=cfg.loss_weights,
+        sparsity=cfg.sparsity,
+        norm_floor=cfg.mask_norm_floor,
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup))
-    data_seed = cfg.seed * 1_000_003 + 17
+    log = RunLog(log_dir) if log_dir is not None else None
+    watch = CollapseWatch()
     for step in range(cfg.steps):
-        batch = world.sample(cfg.batch_size, seed=data_seed + step)
-        out = objective_loss(
-            cfg.objective, model(batch.x, batch.t), model.logit_scale, weights=cfg.loss_weights
-        )
+        batch = training_batch(world, cfg, step)
+        out = objective(model(batch.x, batch.t), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
+        lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
+        terms = {"loss": out.total.item(), **{k: v.item() for k, v in out.terms.items()}}
+        if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+            log.write("train", step + 1, {**terms, "lr": lr})
+            watch.update(step + 1, terms)
         if on_step is not None:
-            terms = {k: v.item() for k, v in out.terms.items()}
-            on_step(step, {"loss": out.total.item(), **terms}, model)
+            on_step(step, terms, model)
+    if log is not None:
+        log.close()
     return model

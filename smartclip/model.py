@@ -21,22 +21,19 @@ row 244 is P_76, and rows 245..247 extrapolate along the last gap: P_76 + ¼·{1
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import factory as open_clip_factory
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from smartclip.losses import Embeddings
+from smartclip.losses import Features
 from smartclip.masknet import MaskNet
 
 TINY_MODEL = "smartclip-tiny"
@@ -47,8 +44,6 @@ TINY_CONFIG: dict = {
 }
 LONG_CONTEXT = 248
 KEEP_POSITIONS = 20
-EXPORT_CONFIG_NAME = "open_clip_config.json"
-EXPORT_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 
 
 def register_model_config(name: str, config: dict) -> None:
@@ -77,13 +72,6 @@ def stretch_positional_embedding(
     w = (src - j).to(pos.dtype)[:, None]
     stretched = (1 - w) * pos[j] + w * pos[j + 1]
     return torch.cat([pos[:keep], stretched]).detach().clone()
-
-
-def freeze_positions(param: torch.Tensor, keep: int = KEEP_POSITIONS) -> RemovableHandle:
-    """Zero the gradient of rows < keep of `param` (with no weight decay they stay fixed)."""
-    mask = torch.ones(param.shape[0], 1, dtype=param.dtype, device=param.device)
-    mask[:keep] = 0
-    return param.register_hook(lambda grad: grad * mask.to(grad.dtype))
 
 
 def _positional_key(state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -174,10 +162,10 @@ class SmartCLIPModel(nn.Module):
         )
         return out["text_features"], out["text_intermediates"][-1]
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Embeddings:
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Features:
         t, states = self.text_features(tokens)
         m = self.masknet(states) if self.masknet is not None else None  # MaskNet detaches
-        return Embeddings(u=self.clip.encode_image(images), t=t, m=m)
+        return Features(u=self.clip.encode_image(images), t=t, m=m)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unmasked, normalised image embeddings (for evaluation)."""
@@ -193,16 +181,14 @@ def build_model(
     pretrained: str | None = None,
     context_length: int | None = LONG_CONTEXT,
     keep: int = KEEP_POSITIONS,
-    freeze_kept: bool = False,
     with_mask: bool = True,
     mask_heads: int = 8,
 ) -> SmartCLIPModel:
-    """`create_clip` + `SmartCLIPModel`; `freeze_kept` zeroes the kept positions' gradients."""
-    clip = create_clip(name, pretrained, context_length, keep)
-    model = SmartCLIPModel(clip, with_mask, mask_heads)
-    if freeze_kept:
-        freeze_positions(text_positional_embedding(model.clip), keep)
-    return model
+    """`create_clip` + `SmartCLIPModel` (the kept positions are frozen by the optimizer,
+    `smartclip.optim.pin_rows`)."""
+    return SmartCLIPModel(
+        create_clip(name, pretrained, context_length, keep), with_mask, mask_heads
+    )
 
 
 def open_clip_config(name: str, context_length: int) -> dict:
@@ -212,27 +198,6 @@ def open_clip_config(name: str, context_length: int) -> dict:
         raise ValueError(f"unknown open_clip model {name!r}")
     config["text_cfg"]["context_length"] = context_length
     return config
-
-
-def export_open_clip(checkpoint: str | Path, path: str | Path) -> Path:
-    """Write the open_clip weights of a training checkpoint, mask network dropped, to `path`.
-
-    `checkpoint` holds "model" (a SmartCLIPModel state dict), "model_name" and "context_length".
-    Beside `path` goes `open_clip_config.json` (the config with the stretched context). Load with
-
-        open_clip.create_model(name, pretrained=path, force_context_length=context_length)
-
-    (without `force_context_length` open_clip would resample the 248-row table back to 77), or,
-    when `path` is named `open_clip_pytorch_model.bin`, `open_clip.create_model("local-dir:DIR")`.
-    """
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("clip."): v for k, v in ckpt["model"].items() if k.startswith("clip.")}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    config = open_clip_config(ckpt["model_name"], ckpt["context_length"])
-    (path.parent / EXPORT_CONFIG_NAME).write_text(json.dumps({"model_cfg": config}, indent=1))
-    return path
 
 
 def preprocess(clip: torch.nn.Module) -> Callable:

@@ -7,8 +7,9 @@
                                                 (m itself is an input: absent ≠ value zero)
 
 g_I and g_T are random square LeakyReLU bijections (`synthetic.mixing.InvertibleMLP`). The world is
-fully determined by `WorldConfig.seed`; samples by the seed passed to `World.sample`: the same
-pair of seeds gives bitwise the same tensors.
+fully determined by `WorldConfig.seed` (drawn from the stream `stream(seed, "world")`); samples by
+the generator passed to `World.sample` (`synthetic.seeding.stream(seed, purpose, *index)`): the
+same world seed and stream give bitwise the same tensors.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from synthetic.mixing import InvertibleMLP
+from synthetic.seeding import stream
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class World:
 
     def __post_init__(self) -> None:
         c = self.config
-        gen = torch.Generator().manual_seed(c.seed)
+        gen = stream(c.seed, "world")
         self.g_img = InvertibleMLP(
             self.x_dim, c.mixing_layers, max_cond=c.max_cond, generator=gen, rank=c.img_rank
         )
@@ -211,10 +213,12 @@ class World:
             m[:, list(c.always)] = 1.0
         return m
 
-    def sample(self, n: int, seed: int, mask: tuple[int, ...] | None = None) -> Batch:
-        """n fresh samples; `mask` fixes every caption to describe exactly those blocks."""
+    def sample(
+        self, n: int, gen: torch.Generator, mask: tuple[int, ...] | None = None
+    ) -> Batch:
+        """n fresh samples drawn from `gen` (one stream per purpose: `synthetic.seeding.stream`);
+        `mask` fixes every caption to describe exactly those blocks."""
         c = self.config
-        gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, c.latent_dim, generator=gen) @ self.latent_chol.T
         s_img = torch.randn(n, c.img_nuisance_dim, generator=gen)
         s_txt = torch.randn(n, c.txt_nuisance_dim, generator=gen)

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +71,12 @@ def test_presets_and_flags_compose():
     assert parse_config(parser_cfg, [], synthetic_recovery.PRESETS) == parser_cfg()
 
 
-def test_measure_reports_every_quantity_for_smartclip():
+def test_measure_reports_every_quantity_for_smartclip(tmp_path):
     cfg = synthetic_recovery.RecoveryConfig(steps=30, batch_size=64, hidden=32, text_width=16)
     world = synthetic_recovery.World(cfg.world_config("custom", 0))
     fit_config = synthetic_recovery.FitConfig(**cfg.settings(), objective="smartclip")
-    rows = synthetic_recovery.run_one(lambda n: None, world.config, fit_config, 240, 3)
+    ctx = sweep.RunContext(lambda n: None, tmp_path / "log")
+    rows = synthetic_recovery.run_one(ctx, world.config, fit_config, 240, 3)
     frame = pd.DataFrame(rows)
     quantities = set(frame.quantity)
     assert {
@@ -89,7 +91,11 @@ def test_measure_reports_every_quantity_for_smartclip():
         "disentangle_out_r2",
         "mask_on",
         "final_loss",
+        "final_mask_on",
+        "final_mask_varying",
     } <= quantities
+    trace = pd.read_csv(tmp_path / "log" / "train.csv")  # the mask's health, per logged step
+    assert trace.step.tolist() == [30] and {"mask_on", "mask_varying", "lr"} <= set(trace.columns)
     assert set(frame[frame.quantity == "preserve_r2"].block) == {"z0", "z1", "z2", "z3"}
     inside = frame[frame.quantity == "disentangle_in_r2"]
     assert inside.subset.nunique() == 3
@@ -109,7 +115,9 @@ def test_sweep_writes_outputs_and_resumes_without_redoing_runs(tmp_path, capsys)
     args = [*TINY, "--out", str(out), "--seeds", "0,1"]
     synthetic_recovery.main(args)
     results = pd.read_csv(out / "results.csv")
-    assert {"world", "objective", "seed", "quantity", "block", "value"} <= set(results.columns)
+    assert {"world", "objective", "seed", "quantity", "block", "value", "run"} <= set(
+        results.columns
+    )
     assert set(results.objective) == {"smartclip", "clip"} and set(results.seed) == {0, 1}
     for name in ("config.json", "preserve.png", "disentangle.png", "summary.txt"):
         assert (out / name).exists(), name
@@ -117,26 +125,45 @@ def test_sweep_writes_outputs_and_resumes_without_redoing_runs(tmp_path, capsys)
     runs = out / "runs"
     stamps = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.csv")}
     assert len(stamps) == 4
-    (runs / "custom-clip-seed1.csv").unlink()
+    (killed,) = runs.glob("custom-clip-seed1-*.csv")
+    killed.unlink()
     capsys.readouterr()
     synthetic_recovery.main(args)
     assert "3 of 4 runs already done" in capsys.readouterr().out
     after = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.csv")}
     assert after.keys() == stamps.keys()
-    assert all(after[k] == v for k, v in stamps.items() if k != "custom-clip-seed1.csv")
+    assert all(after[k] == v for k, v in stamps.items() if k != killed.name)
     resumed = pd.read_csv(out / "results.csv")
     assert len(resumed) == len(results)
 
 
-def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
-    path = tmp_path / "a.csv"
-    sweep.atomic_write_text(path, "old\n")
-
-    def boom(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(sweep.os, "replace", boom)
-    with pytest.raises(KeyboardInterrupt):
-        sweep.atomic_write_text(path, "new\n")
-    assert path.read_text() == "old\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.csv"]
+@pytest.mark.slow
+def test_a_changed_flag_runs_anew_and_outputs_describe_the_same_runs(tmp_path, capsys):
+    """Resume is keyed by the full configuration: rerunning into the same --out with another
+    logit scale trains again (it once reused the old run and relabelled it), and config.json,
+    results.csv and summary.txt all describe the new runs."""
+    out = tmp_path / "out"
+    base = [*TINY, "--out", str(out), "--objectives", "smartclip"]
+    synthetic_recovery.main([*base, "--logit-scale", "30"])
+    first = pd.read_csv(out / "results.csv", dtype={"run": str})
+    capsys.readouterr()
+    synthetic_recovery.main([*base, "--logit-scale", "100"])
+    said = capsys.readouterr().out
+    assert "already done" not in said
+    assert "logit_scale (--logit-scale): 30.0 → 100.0" in said
+    config = json.loads((out / "config.json").read_text())
+    second = pd.read_csv(out / "results.csv", dtype={"run": str})
+    assert config["config"]["logit_scale"] == 100.0
+    assert set(second.run) == set(config["runs"].values()) != set(first.run)
+    run_config = json.loads(
+        (out / "runs" / f"custom-smartclip-seed0-{second.run[0]}.json").read_text()
+    )
+    assert run_config["kwargs"]["fit_config"]["logit_scale"] == 100.0
+    assert not second.value.equals(first.value)
+    summary = (out / "summary.txt").read_text()
+    assert summary == synthetic_recovery.summary_table(second) + "\n"
+    # the first setting again: its stored run is found, nothing retrains
+    capsys.readouterr()
+    synthetic_recovery.main([*base, "--logit-scale", "30"])
+    assert "1 of 1 runs already done" in capsys.readouterr().out
+    assert pd.read_csv(out / "results.csv", dtype={"run": str}).equals(first)

@@ -48,12 +48,36 @@ def test_attention_term_matches_counted_explicit_attention():
     assert bench.layer_flops(tokens, width) - dense == flops
 
 
-def test_training_flops_add_the_loss_and_triple_the_forward():
+@pytest.mark.parametrize("context", [77, 248])
+def test_training_flops_match_counted_forward_and_backward(context):
+    """Backward multipliers: every part costs 3 × its forward except the patch embedding (pixels
+    need no gradient); the mask network too, although its input is detached (its first
+    LayerNorm's parameters need the first projection's input gradient)."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, None, context)
+    config = open_clip.get_model_config(TINY_MODEL)
+    analytic = bench.training_flops(config, context, with_mask=True, attention=False)
+    forward = bench.forward_flops(config, context, with_mask=True, attention=False)
+    batch = 3
+    images = torch.randn(batch, 3, 64, 64)
+    tokens = torch.randint(1, 1000, (batch, context))
+    states = model.text_features(tokens)[1].detach()
+    image = counted(lambda: model.clip.encode_image(images).sum().backward()) / batch
+    text = counted(lambda: model.clip.encode_text(tokens).sum().backward()) / batch
+    mask = counted(lambda: model.masknet(states).sum().backward()) / batch
+    assert analytic["image"] == pytest.approx(image, rel=0.01)
+    assert analytic["text"] == pytest.approx(text, rel=0.01)
+    assert analytic["mask"] == pytest.approx(mask, rel=0.01)
+    assert mask == pytest.approx(3 * forward["mask"], rel=0.01)  # not 2 ×
+
+
+def test_step_flops_add_the_loss_and_the_mask_network():
     config = open_clip.get_model_config("ViT-B-16")
-    forward = sum(bench.forward_flops(config, 248, with_mask=False).values())
-    assert bench.step_flops_per_sample(config, 248, "clip", 1024) == pytest.approx(
-        3 * (forward + 4 * 1024 * 512)
-    )
+    parts = bench.training_flops(config, 248, with_mask=True)
+    clip = bench.step_flops_per_sample(config, 248, "clip", 1024)
+    smart = bench.step_flops_per_sample(config, 248, "smartclip", 1024)
+    assert clip == pytest.approx(parts["image"] + parts["text"] + 3 * 4 * 1024 * 512)
+    assert smart - clip == pytest.approx(parts["mask"])
     # ViT-B/16 at 224 px: the 17.6 G multiply-adds per image that ViT/DeiT tables list as "FLOPs"
     assert bench.forward_flops(config, 77, False)["image"] == pytest.approx(2 * 17.6e9, rel=0.02)
 

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from smartclip import distributed as dist
 from smartclip.data import Batch
 from smartclip.model import TINY_MODEL, build_model
-from smartclip.train import TrainConfig, forward_backward
+from smartclip.step import forward_backward, objective_from_config
+from smartclip.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_ROWS, RANK0_ROWS = 8, 5  # uneven on purpose: rank 0 has 5 rows, rank 1 has 3
@@ -47,8 +48,9 @@ def loss_and_grads(
     images, texts = global_batch()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     batch = Batch(images[rows], texts[rows], 0)
+    objective = objective_from_config(cfg)
     result = forward_backward(
-        ddp or model, ddp, [batch], cfg, torch.device("cpu"), scaler, nullcontext
+        ddp or model, ddp, [batch], objective, cfg, torch.device("cpu"), scaler, nullcontext
     )
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return result.losses, grads

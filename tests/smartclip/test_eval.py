@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from smartclip import eval as sc_eval
-from smartclip.model import EXPORT_WEIGHTS_NAME, TINY_MODEL, create_clip
+from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.model import TINY_MODEL, create_clip
 from synthetic.scenes import write_dataset
 
 
@@ -145,21 +147,65 @@ def test_karpathy_split_selects_the_test_images(tiny_weights, scenes):
     assert val["images"] == len(scenes["val"].images) < both["images"]
 
 
-def test_zeroshot_from_a_class_folder(tiny_weights, tmp_path):
+COLOURS = ("red", "orange", "yellow", "green", "blue", "indigo", "violet")
+
+
+class ScoreModel(torch.nn.Module):
+    """A stand-in whose predictions are known: an image's embedding is the score vector written
+    in its first pixel row, a prompt's embedding the one-hot of the colour it names."""
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0, 0, : len(COLOURS)]
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(tokens[:, 0], len(COLOURS)).float()
+
+
+def colour_tokenizer(prompts: list[str]) -> torch.Tensor:
+    return torch.tensor([[next(i for i, c in enumerate(COLOURS) if c in p)] for p in prompts])
+
+
+@pytest.mark.parametrize("templates", [("a {}.",), ("a {}.", "a photo of a {}.")])
+def test_zeroshot_on_a_class_folder_with_known_predictions(tmp_path, templates):
+    """Seven classes; each image ranks its own class 1st, 2nd, 5th or 6th, so top-1 and top-5
+    are known exactly (a folder walk, template ensemble or metric bug changes them)."""
+    from torchvision.transforms import ToTensor
+
+    ranks = {"red": [1, 2], "green": [1, 6], "violet": [5, 1, 1]}  # own-class rank per image
+    for name in COLOURS:
+        (tmp_path / name).mkdir()
+    for name, image_ranks in ranks.items():
+        own = COLOURS.index(name)
+        for i, rank in enumerate(image_ranks):
+            others = [c for c in range(len(COLOURS)) if c != own]
+            order = others[: rank - 1] + [own] + others[rank - 1 :]  # best first
+            row = np.zeros((1, 16), np.uint8)
+            for place, c in enumerate(order):
+                row[0, c] = 250 - 30 * place
+            Image.fromarray(np.repeat(row[:, :, None], 3, axis=2)).save(
+                tmp_path / name / f"{i}.png"
+            )
+    (tmp_path / "notes.txt").write_text("not a class")
+    cpu = torch.device("cpu")
+    got = sc_eval.evaluate_zeroshot(
+        ScoreModel(), colour_tokenizer, ToTensor(), tmp_path, templates, cpu, nullcontext
+    )
+    assert (got["classes"], got["images"]) == (7, 7)
+    assert got["top1"] == pytest.approx(100 * 4 / 7)
+    assert got["top5"] == pytest.approx(100 * 6 / 7)
+
+
+def test_zeroshot_cli_on_real_weights_counts_classes_and_images(tiny_weights, tmp_path):
     rng = np.random.default_rng(0)
     for name, colour in (("red_square", (220, 30, 30)), ("blue_square", (30, 30, 220))):
         (tmp_path / name).mkdir()
         for i in range(3):
             pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (32, 32, 3)), 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name / f"{i}.png")
-    (tmp_path / "notes.txt").write_text("not a class")
     results = sc_eval.main(
         ["--pretrained", tiny_weights, "--zeroshot-dir", str(tmp_path), "--templates", "a {}."]
     )
-    zeroshot = results[0]["zeroshot"]
-    assert (zeroshot["classes"], zeroshot["images"]) == (2, 6)
-    assert zeroshot["top5"] == 100.0  # two classes: both are in the top five
-    assert zeroshot["top1"] * 6 / 100 == pytest.approx(round(zeroshot["top1"] * 6 / 100))
+    assert (results[0]["zeroshot"]["classes"], results[0]["zeroshot"]["images"]) == (2, 6)
 
 
 @pytest.mark.parametrize(

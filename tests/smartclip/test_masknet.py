@@ -1,12 +1,12 @@
 import torch
 
-from smartclip.masknet import MaskNet, straight_through_threshold
+from smartclip.masknet import CollapseWatch, MaskNet, straight_through_threshold
 
 
 def test_straight_through_forward_hard_backward_identity():
     p = torch.tensor([0.2, 0.5, 0.7, 0.99], requires_grad=True)
     m = straight_through_threshold(p)
-    assert torch.equal(m, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.equal(m, torch.tensor([0.0, 1.0, 1.0, 1.0]))  # the release keeps p ≥ 0.5
     (m * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
     assert torch.equal(p.grad, torch.tensor([1.0, 2.0, 3.0, 4.0]))
 
@@ -39,3 +39,18 @@ def test_attention_pooling_is_permutation_invariant_over_tokens():
     states = torch.randn(2, 5, 8)
     perm = torch.randperm(5)
     assert torch.allclose(net(states), net(states[:, perm]), atol=1e-6)
+
+
+def test_collapse_watch_warns_once_per_collapse_after_patience(caplog):
+    watch = CollapseWatch(patience=2)
+    healthy, constant = {"mask_varying": 3.0, "mask_on": 5.0}, {"mask_varying": 0.0, "mask_on": 6.0}
+    assert watch.update(10, healthy) is None
+    assert watch.update(20, constant) is None  # one logged step is not yet a collapse
+    message = watch.update(30, constant)
+    assert message is not None and "step 30" in message and "6.0 dimensions" in message
+    assert "no longer depends on the caption" in caplog.text
+    assert watch.update(40, constant) is None  # said once
+    assert watch.update(50, healthy) is None
+    watch.update(60, constant)
+    assert watch.update(70, constant) is not None  # a new collapse after a recovery
+    assert CollapseWatch().update(1, {"loss": 1.0}) is None  # CLIP has no mask

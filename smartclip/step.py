@@ -1,0 +1,142 @@
+"""One optimizer step of `smartclip.train`: the gradient of the global-batch objective,
+accumulated over micro-batches and ranks, and the guarded optimizer update.
+
+Accumulation (a micro-batches): the step's micro-batches are first embedded without gradients,
+then each is re-embedded with gradients and the loss of the WHOLE accumulated batch is
+back-propagated with that micro-batch's rows live (open_clip's feature cache). The summed
+gradient is exactly that of one batch of a × batch_size rows, at the price of a second forward.
+
+Ranks: each rank gathers every rank's features (with gradients, or as constants with
+`gather_with_grad=False`) and computes its own rows of the global loss (`local_loss`), scaled by
+W·b_r/B, so DDP's averaged gradient equals the single-process gradient on the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from smartclip import distributed as dist
+from smartclip.data import Batch
+from smartclip.losses import Features, LossOutput, build_objective
+from smartclip.train_config import TrainConfig
+
+Objective = Callable[..., LossOutput]
+
+
+def objective_from_config(cfg: TrainConfig) -> Objective:
+    """The configured objective with its settings (loss weights, sparsity form, norm floor)."""
+    return build_objective(
+        cfg.objective,
+        weights=tuple(cfg.loss_weights),
+        sparsity=cfg.sparsity,
+        norm_floor=cfg.mask_norm_floor,
+    )
+
+
+def _cat(parts: Sequence[Features]) -> Features:
+    first = parts[0]
+    return Features(
+        **{
+            name: None
+            if getattr(first, name) is None
+            else torch.cat([getattr(p, name) for p in parts])
+            for name in first.__dataclass_fields__
+        }
+    )
+
+
+def rank_loss(
+    objective: Objective, cfg: TrainConfig, local: Features, global_rows: int
+) -> tuple[LossOutput, float]:
+    """This rank's part of the global-batch objective (in fp32) and its DDP weight W·b_r/B."""
+    local = local.map(lambda x: x.float())
+    if dist.world_size() == 1:
+        return objective(local, cfg.logit_scale), 1.0
+    gather = dist.gather_with_grad if cfg.gather_with_grad else dist.gather_without_grad
+    offset = gather(local.u)[1]
+    gathered = local.map(lambda x: gather(x)[0])
+    if not cfg.local_loss:
+        return objective(gathered, cfg.logit_scale), 1.0
+    out = objective(local, cfg.logit_scale, gathered, offset)
+    return out, dist.local_weight(local.u.shape[0], global_rows)
+
+
+@dataclass
+class StepResult:
+    """Global-batch loss terms (None if the step was skipped), rows trained on, images dropped."""
+
+    losses: dict[str, float] | None
+    rows: int
+    dropped: int
+
+
+def forward_backward(
+    model: Callable[[torch.Tensor, torch.Tensor], Features],
+    ddp: DistributedDataParallel | None,
+    batches: Sequence[Batch],
+    objective: Objective,
+    cfg: TrainConfig,
+    device: torch.device,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], AbstractContextManager],
+) -> StepResult:
+    """Accumulate the gradient of the objective on the step's micro-batches (all ranks' rows).
+
+    A step where some rank's micro-batch lost every image is skipped on every rank.
+    """
+    counts = torch.tensor([[len(b.texts), b.n_dropped] for b in batches], device=device)
+    counts = dist.all_gather_sizes(counts)  # [W, a, (rows, dropped)]
+    dropped, global_rows = int(counts[..., 1].sum()), int(counts[..., 0].sum())
+    if (counts[..., 0] == 0).any():
+        return StepResult(None, 0, dropped)
+    micro = [(b.images.to(device, non_blocking=True), b.texts.to(device)) for b in batches]
+    cached = []
+    if len(micro) > 1:
+        with torch.no_grad(), autocast():
+            cached = [model(images, texts) for images, texts in micro]
+    for j, (images, texts) in enumerate(micro):
+        last = j == len(micro) - 1
+        with nullcontext() if ddp is None or last else ddp.no_sync():
+            with autocast():
+                fresh = model(images, texts)
+            local = _cat([*cached[:j], fresh, *cached[j + 1 :]]) if cached else fresh
+            out, weight = rank_loss(objective, cfg, local, global_rows)
+            scaler.scale(out.total * weight).backward()
+    values = torch.stack([out.total.detach(), *out.terms.values()]) * weight
+    if dist.world_size() > 1:
+        torch.distributed.all_reduce(values)
+        values /= dist.world_size()
+    names = ["loss", *out.terms]
+    return StepResult(dict(zip(names, values.tolist(), strict=True)), global_rows, dropped)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    losses: dict[str, float] | None,
+) -> bool:
+    """Apply the accumulated gradient unless the loss or a gradient is not finite; True if the
+    parameters moved. With fp16 AMP the grad scaler makes the call (it skips steps with inf/NaN
+    gradients and lowers its scale); bf16 and fp32 have no scaler, so the loss and the total
+    gradient norm are checked here (gradients are identical on every rank after DDP's
+    all-reduce, so every rank decides alike)."""
+    if losses is None:
+        return False
+    if scaler.is_enabled():
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        return scaler.get_scale() >= before and math.isfinite(losses["loss"])
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    finite = math.isfinite(losses["loss"]) and bool(
+        torch.stack([g.isfinite().all() for g in grads]).all()
+    )
+    if finite:
+        optimizer.step()
+    return finite
