@@ -33,9 +33,9 @@ from identifiability.conditions import (
     check_prediction,
     predict,
 )
+from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings
-from smartclip.checkpoint import atomic_write_text
 from sweep import Job, begin, run_sweep, write_json
 from synthetic.worlds import WorldConfig
 
@@ -306,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     preds = predictions(cfg)  # before any training
     todo = jobs(cfg)
     derived = ("results.csv", "table.csv", "table.md", "violations.png")
-    begin(out, {"config": cfg, "worlds": {n: cfg.world_config(n) for n in cfg.worlds}}, todo, derived)
+    begin(
+        out, {"config": cfg, "worlds": {n: cfg.world_config(n) for n in cfg.worlds}}, todo, derived
+    )
     write_json(
         {
             n: {

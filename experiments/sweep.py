@@ -186,8 +186,7 @@ def run_sweep(
                 max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
             ) as pool:
                 pending = {
-                    pool.submit(_run_job, j, progress_queue, out / "logs" / j.name): j
-                    for j in todo
+                    pool.submit(_run_job, j, progress_queue, out / "logs" / j.name): j for j in todo
                 }
                 while pending:
                     done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)

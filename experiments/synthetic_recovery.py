@@ -35,9 +35,9 @@ import pandas as pd
 import torch
 
 from identifiability.metrics import mcc, r2, r2_scores
+from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings, fit, held_out_batch
-from smartclip.checkpoint import atomic_write_text
 from smartclip.losses import OBJECTIVES
 from sweep import Job, RunContext, begin, plot_grouped_bars, plot_heatmap, run_sweep
 from synthetic.worlds import World, WorldConfig
@@ -185,8 +185,9 @@ def measure(
         if c.img_nuisance_dim:
             value = r2_scores(u, {"s_img": batch.s_img.numpy()}, kind)["s_img"]
             row("nuisance_r2" + suffix, value, "s_img")
-    row("mcc", mcc(z, u), "all")
-    row("mcc_spearman", mcc(z, u, "spearman"), "all")
+    if u.shape[1] >= z.shape[1]:  # a narrower embedding cannot match every latent dim
+        row("mcc", mcc(z, u), "all")
+        row("mcc_spearman", mcc(z, u, "spearman"), "all")
     row("reverse_r2", r2(np.concatenate([z, batch.s_img.numpy()], 1), u), "all")
     if "m" not in emb:
         return rows
@@ -241,7 +242,9 @@ def run_one(
     for name in ("loss", "mask_on", "mask_varying"):
         if name in tail[-1]:
             value = float(np.mean([t[name] for t in tail]))
-            rows.append({"quantity": f"final_{name}", "block": "", "subset": "", "dim": "", "value": value})
+            rows.append(
+                {"quantity": f"final_{name}", "block": "", "subset": "", "dim": "", "value": value}
+            )
     return rows
 
 

@@ -98,8 +98,17 @@ def mcc(true: np.ndarray, learned: np.ndarray, method: str = "pearson") -> float
     """Mean correlation coefficient after the best one-to-one matching (Hungarian).
 
     true [n, k], learned [n, p], p ≥ k: each true dimension is matched to a distinct learned one.
+    With p < k some true dimensions would go unmatched and the mean would cover only the best p,
+    so that case is refused.
     """
-    corr = correlation_matrix(np.asarray(true, float), np.asarray(learned, float), method)
+    true, learned = np.asarray(true, float), np.asarray(learned, float)
+    true, learned = true.reshape(len(true), -1), learned.reshape(len(learned), -1)
+    if learned.shape[1] < true.shape[1]:
+        raise ValueError(
+            f"mcc needs at least as many learned dimensions as true ones: {learned.shape[1]} "
+            f"learned < {true.shape[1]} true (a narrower representation cannot match them all)"
+        )
+    corr = correlation_matrix(true, learned, method)
     rows, cols = linear_sum_assignment(corr, maximize=True)
     return float(corr[rows, cols].mean())
 

@@ -9,7 +9,6 @@ steps makes a training batch coincide with an evaluation set.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ from smartclip.cli import require
 from smartclip.encoders import SyntheticCLIP
 from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, build_objective
 from smartclip.masknet import CollapseWatch
+from smartclip.optim import cosine_lr
 from smartclip.runlog import RunLog
 from synthetic.seeding import seed_for, stream
 from synthetic.worlds import Batch, World
@@ -106,14 +106,6 @@ def build_model(world: World, cfg: FitConfig) -> SyntheticCLIP:
         logit_scale=cfg.logit_scale,
         learn_logit_scale=cfg.learn_logit_scale,
     )
-
-
-def cosine_lr(step: int, total: int, warmup: int) -> float:
-    """Multiplier: linear warm-up to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def training_batch(world: World, cfg: FitConfig, step: int) -> Batch:

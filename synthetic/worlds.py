@@ -213,9 +213,7 @@ class World:
             m[:, list(c.always)] = 1.0
         return m
 
-    def sample(
-        self, n: int, gen: torch.Generator, mask: tuple[int, ...] | None = None
-    ) -> Batch:
+    def sample(self, n: int, gen: torch.Generator, mask: tuple[int, ...] | None = None) -> Batch:
         """n fresh samples drawn from `gen` (one stream per purpose: `synthetic.seeding.stream`);
         `mask` fixes every caption to describe exactly those blocks."""
         c = self.config

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import synthetic_recovery
 
 import sweep
@@ -167,3 +168,69 @@ def test_a_changed_flag_runs_anew_and_outputs_describe_the_same_runs(tmp_path, c
     synthetic_recovery.main([*base, "--logit-scale", "30"])
     assert "1 of 1 runs already done" in capsys.readouterr().out
     assert pd.read_csv(out / "results.csv", dtype={"run": str}).equals(first)
+
+
+class OracleModel(torch.nn.Module):
+    """An encoder built from the world's own inverses: u = (z, 1), the exact latents plus a
+    constant dimension (the normalised masked embedding needs one beyond the block, see the
+    README); the mask network reads which blocks the caption describes (inverting g_T) and keeps
+    their dims and the constant one. With `shift` the mask of block k keeps block k − shift's
+    dims instead: a wrong mask."""
+
+    def __init__(self, world: synthetic_recovery.World, shift: int = 0) -> None:
+        super().__init__()
+        self.world, self.shift = world, shift
+        c = world.config
+        self.dims = torch.zeros(c.n_blocks, c.latent_dim + 1)
+        for k, s in enumerate(c.block_slices):
+            self.dims[(k + shift) % c.n_blocks, s] = 1.0
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.world.g_img.inverse(x.double())[:, : self.world.config.latent_dim].float()
+        return torch.cat([z, torch.ones(len(z), 1)], dim=1)
+
+    def encode_text(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.world.config
+        present = self.world.g_txt.inverse(t.double())[:, c.latent_dim : c.latent_dim + c.n_blocks]
+        return t, present.round().float()
+
+    def masknet(self, present: torch.Tensor) -> torch.Tensor:
+        mask = (present @ self.dims).clamp(max=1.0)
+        mask[:, -1] = 1.0
+        return mask
+
+
+def frame_of(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.slow
+def test_measure_on_an_exact_inverse_encoder_and_on_a_wrong_mask():
+    """measure() must report in-subset R² ≈ 1 and out-of-subset ≈ 0 for the ideal SmartCLIP
+    encoder, and the reverse when the masks select the wrong blocks: a wrong split of in/out
+    blocks or wrong regression targets would fail one of the two."""
+    world = synthetic_recovery.World(synthetic_recovery.RecoveryConfig().world_config("custom", 0))
+    good = frame_of(synthetic_recovery.measure(world, OracleModel(world), 400, 5, seed=0))
+    bad = frame_of(synthetic_recovery.measure(world, OracleModel(world, shift=1), 400, 5, seed=0))
+
+    def values(frame, quantity):
+        return frame[frame.quantity == quantity].value
+
+    assert values(good, "preserve_r2").min() > 0.98
+    assert values(good, "preserve_r2_linear").min() > 0.98
+    assert values(good, "nuisance_r2").max() < 0.05
+    assert values(good, "mcc").item() > 0.95
+    assert values(good, "disentangle_in_r2").min() > 0.85
+    assert values(good, "disentangle_out_r2").max() < 0.05
+    on = good[good.quantity == "mask_on"]
+    dims = OracleModel(world).dims
+    own = on.apply(lambda r: bool(dims[int(r.block[1:]), int(r.dim)] == 1), axis=1)
+    assert (on[own].value == 1).all() and (on[~own].value.abs() < 0.2).all()
+    block = good[good.quantity == "block_r2"]
+    diagonal = block.block == block.subset.str.slice(5, -1)
+    assert block[diagonal].value.min() > 0.95 and block[~diagonal].value.max() < 0.05
+
+    alone = bad[bad.subset.isin(["z0", "z1", "z2", "z3"])]  # one block per caption
+    assert values(alone, "disentangle_in_r2").max() < 0.1  # the block is not in its mask
+    shifted = alone[alone.apply(lambda r: int(r.block[1:]) == (int(r.subset[1:]) - 1) % 4, axis=1)]
+    assert len(shifted) == 4 and values(shifted, "disentangle_out_r2").min() > 0.9

@@ -237,6 +237,25 @@ def test_jacobians_match_finite_differences():
         assert torch.allclose(jac[:, :, i], fd, atol=1e-6)
 
 
+class SkipMLP(InvertibleMLP):
+    """The same weights with a skip connection, y = x + g(x): not the chain W_L G … G W_1 whose
+    closed-form determinant the symbolic check evaluates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_symbolic_check_says_no_for_a_generator_that_is_not_a_chain(layers):
+    mlp = _mlp(3, layers, 7)
+    skip = SkipMLP(3, layers, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(skip.weights, mlp.weights)
+    assert symbolic_invertibility(mlp).holds
+    verdict = symbolic_invertibility(skip)
+    assert verdict.numbers["factorises"] == 0.0 and not verdict.holds
+    assert "not a plain LeakyReLU chain" in verdict.reason
+
+
 @SLOW
 @given(st.integers(2, 3), st.integers(1, 3), st.integers(0, 10_000), st.booleans())
 def test_symbolic_and_numeric_invertibility_agree(dim, layers, seed, deficient):

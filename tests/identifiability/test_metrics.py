@@ -106,3 +106,10 @@ def test_unpredictable_targets_in_a_joint_fit_lower_a_predictable_ones_r2():
     joint = r2_scores(v, {"z": z, "noise": g.normal(size=(1000, 6))})["z"]
     assert alone > 0.8
     assert joint < alone - 0.01
+
+
+def test_mcc_refuses_fewer_learned_than_true_dimensions():
+    z = np.random.default_rng(0).standard_normal((200, 3))
+    assert mcc(z, z[:, [2, 0, 1]]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 learned < 3 true"):
+        mcc(z, z[:, :2])  # the two kept dims match perfectly: a mean over them would say 1.0
