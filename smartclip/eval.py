@@ -50,11 +50,15 @@ SCENE_ATTRIBUTES += ("obj0_size", "obj0_x", "obj0_y")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Every field is a flag. `--pretrained` takes one or more local open_clip weight files."""
+    """Every field is a flag. `--pretrained` takes one or more local weights files."""
 
     model: str = field(default=TINY_MODEL, metadata={"help": "open_clip config name"})
     pretrained: tuple[str, ...] = field(
-        default=(), metadata={"help": "weights files (comma-separated: evaluated side by side)"}
+        default=(),
+        metadata={
+            "help": "local weights, open_clip state dicts or OpenAI TorchScript .pt files "
+            "(comma-separated: evaluated side by side)"
+        },
     )
     context_length: int | None = field(
         default=None, metadata={"help": "text context (None: the weights' own)"}
@@ -259,7 +263,10 @@ def latent_r2(
 
 def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device) -> dict:
     """Every task the config names, for one weights file (None: random init)."""
-    clip = create_clip(cfg.model, weights, cfg.context_length).to(device)
+    try:
+        clip = create_clip(cfg.model, weights, cfg.context_length).to(device)
+    except ValueError as err:  # weights that are no weights or do not fit --model: one line
+        raise SystemExit(f"smartclip.eval: error: {err}") from None
     model = SmartCLIPModel(clip, with_mask=False).eval()
     tokenizer = open_clip.get_tokenizer(cfg.model, context_length=clip.context_length)
     transform, autocast = preprocess(clip), autocast_context(cfg.precision, device)

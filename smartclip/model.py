@@ -6,7 +6,10 @@
 
 Any open_clip config with open_clip's own text transformer works by name (`create_clip`), plus
 the CPU-sized "smartclip-tiny", registered in open_clip's config registry on import. Weights come
-from local files only (`pretrained=PATH`); nothing is downloaded.
+from local files only (`pretrained=PATH`); nothing is downloaded. A file is an open_clip state dict
+or checkpoint (torch.save or safetensors, read with `weights_only`) or one of OpenAI's original
+TorchScript archives (`ViT-B-16.pt`, `ViT-L-14.pt`), whose state dict `load_weights` converts
+in memory: OpenAI's key names are open_clip's CLIP names, less the integer entries.
 
 Context stretch (Long-CLIP): a positional table P ∈ R^{L×W} (L = 77) becomes P' ∈ R^{L'×W}
 (L' = 248) with the first `keep` = 20 rows copied bitwise and rows k ≥ keep read at the source
@@ -23,14 +26,17 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import warnings
+import zipfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from functools import partial
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import factory as open_clip_factory
+from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
 from torch import nn
 
 from smartclip.losses import Features
@@ -44,6 +50,8 @@ TINY_CONFIG: dict = {
 }
 LONG_CONTEXT = 248
 KEEP_POSITIONS = 20
+# the integer entries of an OpenAI TorchScript archive's state dict, beside the weights
+OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 
 
 def register_model_config(name: str, config: dict) -> None:
@@ -90,6 +98,122 @@ def text_positional_embedding(clip: nn.Module) -> nn.Parameter:
     return pos
 
 
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """Whether `path` is a TorchScript archive (torch.jit.save), as OpenAI's CLIP files are.
+
+    The test torch.load itself uses: a zip whose top folder holds `constants.pkl`, which
+    torch.save never writes. Only the zip's directory is read; nothing is unpickled.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.split("/", 1)[-1] == "constants.pkl" for n in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _first_line(err: BaseException) -> str:
+    """`Type: first line` of an exception; for torch.load's weights_only refusal, whose first
+    lines are advice, the unpickler's reason instead."""
+    text = str(err).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split("\n", 1)[0]
+        return f"weights_only refused it: {reason.split('. ')[0]}"
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _torchscript_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """The state dict of a TorchScript archive, without OpenAI's integer entries."""
+    with warnings.catch_warnings():  # jit is deprecated, but it is how OpenAI's files are read
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+        try:
+            module = torch.jit.load(path, map_location="cpu")
+        except RuntimeError as err:
+            raise ValueError(f"{path}: broken TorchScript archive ({_first_line(err)})") from None
+    return {k: v for k, v in module.state_dict().items() if k not in OPENAI_METADATA}
+
+
+def load_weights(path: str) -> dict[str, torch.Tensor]:
+    """A local weights file as a state dict in open_clip's layout, on the CPU.
+
+    OpenAI TorchScript archives are read with torch.jit.load; anything else with open_clip's
+    `load_state_dict` (torch.load with `weights_only`, or safetensors; the "state_dict" of a
+    checkpoint, a DDP "module." prefix stripped). Raises ValueError naming the file if it holds
+    no state dict of tensors.
+    """
+    if is_torchscript_archive(path):
+        state = _torchscript_state_dict(path)
+    else:
+        try:
+            state = open_clip_factory.load_state_dict(path)
+        except Exception as err:  # torch.load and safetensors fail on foreign files many ways
+            raise ValueError(
+                f"{path}: neither a state dict, an open_clip checkpoint nor an OpenAI TorchScript "
+                f"archive ({_first_line(err)})"
+            ) from None
+    if not state:
+        raise ValueError(f"{path}: holds no weights")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(
+                f"{path}: entry {key!r} is of type {type(value).__name__}, not a tensor (export a "
+                "training checkpoint's weights with `python -m smartclip.export`)"
+            )
+    return state
+
+
+def _open_clip_layout(clip: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The conversions open_clip's `load_checkpoint` makes before loading CLIP-layout weights:
+    the text tower moved under `text.` for a CustomTextCLIP, logit scale and bias reshaped
+    (scalar or 1-d), a missing logit bias zero, the image positional table regridded to the
+    model's image size."""
+    if "positional_embedding" in state and not hasattr(clip, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for key in ("logit_scale", "logit_bias"):
+        own = getattr(clip, key, None)
+        if own is not None and key in state and state[key].numel() == own.numel():
+            state[key] = state[key].reshape(own.shape)
+    if getattr(clip, "logit_bias", None) is not None and "logit_scale" in state:
+        state.setdefault("logit_bias", torch.zeros_like(state["logit_scale"]))
+    with suppress(RuntimeError):  # a table that is no square grid: `_check_fits` names it
+        resize_pos_embed(state, clip)
+    return state
+
+
+def _check_fits(clip: nn.Module, state: dict[str, torch.Tensor], path: str, name: str) -> None:
+    """Raise one ValueError line if `state` does not load strictly into `clip`."""
+    expected = clip.state_dict()
+    mismatched = [
+        f"{k} {list(state[k].shape)} vs {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = [
+        f"{len(items)} {label}: {', '.join(items[:3])}{', ...' if len(items) > 3 else ''}"
+        for label, items in (
+            ("shapes differ (file vs model)", mismatched),
+            ("missing", missing),
+            ("unexpected", unexpected),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{path} does not fit open_clip model {name!r}: {'; '.join(problems)}")
+
+
+def _random_clip(name: str, context_length: int | None) -> nn.Module:
+    """`open_clip.create_model` without weights and without its random-weights warning (the
+    caller loads weights next)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(name, force_context_length=context_length)
+    finally:
+        logging.disable(previous)
+
+
 def create_clip(
     name: str,
     pretrained: str | None = None,
@@ -98,10 +222,11 @@ def create_clip(
 ) -> nn.Module:
     """An open_clip model by config name, weights from the local file `pretrained` (or random).
 
-    Without weights the model is built at `context_length` directly. With weights whose context
-    is shorter, the positional table is stretched (`stretch_positional_embedding`) and the model
-    rebuilt with `force_context_length`, which also sizes the causal attention mask. A checkpoint
-    is loaded at its own length first, so open_clip never silently resamples it.
+    Without weights the model is built at `context_length` directly. With weights (any file
+    `load_weights` reads), the model is first built and loaded at the weights' own context, so
+    nothing resamples it; for a longer `context_length` the positional table is then stretched
+    (`stretch_positional_embedding`) and the model rebuilt with `force_context_length`, which
+    also sizes the causal attention mask. Weights that do not fit the config raise ValueError.
     """
     if open_clip.get_model_config(name) is None:
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
@@ -109,11 +234,13 @@ def create_clip(
         return open_clip.create_model(name, force_context_length=context_length)
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"--pretrained must be a local weights file; {pretrained} is not")
-    stored = open_clip_factory.load_state_dict(pretrained)
-    key = _positional_key(stored)
-    stored_len = None if key is None else stored[key].shape[0]
-    del stored
-    base = open_clip.create_model(name, pretrained=pretrained, force_context_length=stored_len)
+    state = load_weights(pretrained)
+    key = _positional_key(state)
+    stored_len = state[key].shape[0] if key is not None and state[key].ndim == 2 else None
+    base = _random_clip(name, stored_len)  # None: the config's; `_check_fits` reports the rest
+    state = _open_clip_layout(base, state)
+    _check_fits(base, state, pretrained, name)
+    base.load_state_dict(state)
     if context_length is None or context_length == base.context_length:
         return base
     if context_length < base.context_length:
@@ -123,12 +250,7 @@ def create_clip(
     state = base.state_dict()
     key = _positional_key(state)
     state[key] = stretch_positional_embedding(state[key], context_length, keep)
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip warns of random weights; they are replaced next
-    try:
-        clip = open_clip.create_model(name, force_context_length=context_length)
-    finally:
-        logging.disable(previous)
+    clip = _random_clip(name, context_length)
     clip.load_state_dict(state)
     return clip
 

@@ -132,14 +132,17 @@ def train(cfg: TrainConfig) -> Path:
     if train_source is None:
         train_source, scenes_val = prepare_scenes(cfg.scenes_dir, cfg.scenes_images, env.is_main)
         val_source = val_source or scenes_val
-    model = build_model(
-        cfg.model,
-        cfg.pretrained,
-        cfg.context_length,
-        cfg.keep_positions,
-        cfg.objective == "smartclip",
-        cfg.mask_heads,
-    ).to(env.device)
+    try:
+        model = build_model(
+            cfg.model,
+            cfg.pretrained,
+            cfg.context_length,
+            cfg.keep_positions,
+            cfg.objective == "smartclip",
+            cfg.mask_heads,
+        ).to(env.device)
+    except ValueError as err:  # weights that are no weights or do not fit --model
+        raise RunError(str(err)) from None
     if cfg.grad_checkpointing:
         model.clip.set_grad_checkpointing()
     tokenizer = open_clip.get_tokenizer(cfg.model, context_length=cfg.context_length)

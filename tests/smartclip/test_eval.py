@@ -222,6 +222,16 @@ def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
     one_line_error(sc_eval.main, argv, flag)
 
 
+def test_unusable_weights_end_as_one_line(tmp_path):
+    weights = tmp_path / "ViT-B-16.pt"
+    weights.write_bytes(b"<html>not found</html>")
+    with pytest.raises(SystemExit) as info:
+        sc_eval.main(["--model", TINY_MODEL, "--pretrained", str(weights)])
+    message = str(info.value.code)
+    assert message.startswith(f"smartclip.eval: error: {weights}: neither"), message
+    assert "\n" not in message
+
+
 def test_no_argument_run_without_training_runs_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit) as info:
         sc_eval.demo_config(tmp_path)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from smartclip.masknet import MaskNet
-from smartclip.model import TINY_MODEL, build_model, create_clip, stretch_positional_embedding
+from smartclip.model import (
+    OPENAI_METADATA,
+    TINY_CONFIG,
+    TINY_MODEL,
+    build_model,
+    create_clip,
+    is_torchscript_archive,
+    load_weights,
+    stretch_positional_embedding,
+)
 
 CAPTIONS = [
     "a red circle",
@@ -24,6 +37,36 @@ def tokens(context_length: int = 248) -> torch.Tensor:
 
 def images(n: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def write_openai_archive(state: dict[str, torch.Tensor], path: Path) -> None:
+    """`state` saved the way OpenAI's CLIP files are: a TorchScript module (torch.jit.save) whose
+    state dict has OpenAI's key names (those of open_clip's CLIP) and OpenAI's integer entries."""
+    root = nn.Module()
+    for key, value in state.items():
+        *owners, leaf = key.split(".")
+        module = root
+        for owner in owners:
+            if owner not in dict(module.named_children()):
+                module.add_module(owner, nn.Module())
+            module = module.get_submodule(owner)
+        module.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+    size, length = (
+        TINY_CONFIG["vision_cfg"]["image_size"],
+        TINY_CONFIG["text_cfg"]["context_length"],
+    )
+    for key, value in zip(OPENAI_METADATA, (size, length, 49408), strict=True):
+        root.register_buffer(key, torch.tensor(value))
+    with warnings.catch_warnings():  # torch.jit is deprecated; OpenAI's files are jit archives
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(root), str(path))
+
+
+def openai_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A tiny CLIP's weights with matrices in float16, as in OpenAI's archives."""
+    torch.manual_seed(seed)
+    state = open_clip.create_model(TINY_MODEL).state_dict()
+    return {k: v.half() if v.ndim >= 2 else v for k, v in state.items()}
 
 
 def test_stretch_matches_a_hand_computation() -> None:
@@ -72,6 +115,66 @@ def test_pretrained_weights_are_stretched_and_everything_else_kept(tmp_path) -> 
             assert torch.equal(clip.state_dict()[name], value), name
     same = create_clip(TINY_MODEL, pretrained=str(path), context_length=77)
     assert torch.equal(same.positional_embedding, short.positional_embedding)
+
+
+def test_an_openai_torchscript_archive_loads_as_the_same_state_dict(tmp_path) -> None:
+    state = openai_state()
+    archive, plain = tmp_path / "ViT-tiny.pt", tmp_path / "tiny.bin"
+    write_openai_archive(state, archive)
+    torch.save(state, plain)
+    assert is_torchscript_archive(archive) and not is_torchscript_archive(plain)
+    loaded = load_weights(str(archive))  # the integer entries dropped, nothing else touched
+    assert loaded.keys() == state.keys()
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in state.items())
+    for length in (77, 248):
+        from_archive = create_clip(TINY_MODEL, str(archive), context_length=length).state_dict()
+        from_plain = create_clip(TINY_MODEL, str(plain), context_length=length).state_dict()
+        assert from_archive.keys() == from_plain.keys()
+        for name, value in from_plain.items():
+            assert value.dtype == from_archive[name].dtype == torch.float32, name
+            assert torch.equal(from_archive[name], value), name
+    pos = state["positional_embedding"].float()  # stretched after the exact upcast to float32
+    assert torch.equal(from_archive["positional_embedding"], stretch_positional_embedding(pos))
+    assert torch.equal(from_archive["visual.proj"], state["visual.proj"].float())
+
+
+def wider_archive(path: Path) -> None:
+    """An OpenAI-layout archive of a CLIP twice as wide as smartclip-tiny (as ViT-L is to B)."""
+    torch.manual_seed(0)
+    vision = {**TINY_CONFIG["vision_cfg"], "width": 192}
+    text = {**TINY_CONFIG["text_cfg"], "width": 128}
+    write_openai_archive(open_clip.CLIP(64, vision, text).state_dict(), path)
+
+
+def no_clip_archive(path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(path))
+
+
+def training_checkpoint(path: Path) -> None:
+    torch.save({"step": 3, "model": openai_state()}, path)
+
+
+@pytest.mark.parametrize(
+    ("write", "says"),
+    [
+        (
+            wider_archive,
+            "shapes differ (file vs model): positional_embedding [77, 128] vs [77, 64]",
+        ),
+        (no_clip_archive, "missing: positional_embedding, text_projection, logit_scale, ..."),
+        (lambda path: path.write_bytes(b"<html>not found</html>"), "neither a state dict"),
+        (training_checkpoint, "entry 'step' is of type int, not a tensor"),
+    ],
+)
+def test_files_that_are_no_fitting_weights_raise_one_line_naming_them(tmp_path, write, says):
+    path = tmp_path / "weights.pt"
+    write(path)
+    with pytest.raises(ValueError) as info:
+        create_clip(TINY_MODEL, str(path), context_length=248)
+    message = str(info.value)
+    assert message.startswith(str(path)) and says in message and "\n" not in message, message
 
 
 def test_the_mask_network_is_masknet_reading_detached_final_token_states() -> None:

@@ -71,6 +71,20 @@ def test_bad_flag_from_the_command_line() -> None:
     assert len(proc.stderr.strip().splitlines()) == 1 and "--precision" in proc.stderr
 
 
+def test_unusable_pretrained_weights_end_as_one_line_and_status_1(tmp_path) -> None:
+    weights, captions = tmp_path / "ViT-B-16.pt", tmp_path / "captions.csv"
+    weights.write_bytes(b"<html>not found</html>")  # what a failed download leaves behind
+    captions.write_text("filepath,title\n")  # the weights are refused before any data is read
+    cmd = [sys.executable, "-m", "smartclip.train", "--preset", "tiny-smartclip"]
+    cmd += ["--pretrained", str(weights), "--train-data", str(captions)]
+    cmd += ["--logs", str(tmp_path / "logs"), "--workers", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"smartclip.train: error: {weights}:"), lines
+    assert not (tmp_path / "logs").exists()
+
+
 # ------------------------------------------------------------------------------------ optimisation
 
 
