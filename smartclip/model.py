@@ -7,9 +7,9 @@
 Any open_clip config with open_clip's own text transformer works by name (`create_clip`), plus
 the CPU-sized "smartclip-tiny", registered in open_clip's config registry on import. Weights come
 from local files only (`pretrained=PATH`); nothing is downloaded. A file is an open_clip state dict
-or checkpoint (torch.save or safetensors, read with `weights_only`) or one of OpenAI's original
-TorchScript archives (`ViT-B-16.pt`, `ViT-L-14.pt`), whose state dict `load_weights` converts
-in memory: OpenAI's key names are open_clip's CLIP names, less the integer entries.
+or checkpoint (loaded by open_clip's own `load_checkpoint`, `weights_only`) or one of OpenAI's
+original TorchScript archives (`ViT-B-16.pt`, `ViT-L-14.pt`), converted in memory: OpenAI's key
+names are open_clip's CLIP names, less the integer entries.
 
 Context stretch (Long-CLIP): a positional table P ∈ R^{L×W} (L = 77) becomes P' ∈ R^{L'×W}
 (L' = 248) with the first `keep` = 20 rows copied bitwise and rows k ≥ keep read at the source
@@ -29,14 +29,13 @@ import os
 import warnings
 import zipfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import factory as open_clip_factory
-from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed
 from torch import nn
 
 from smartclip.losses import Features
@@ -134,13 +133,10 @@ def _torchscript_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """A local weights file as a state dict in open_clip's layout, on the CPU.
-
-    OpenAI TorchScript archives are read with torch.jit.load; anything else with open_clip's
-    `load_state_dict` (torch.load with `weights_only`, or safetensors; the "state_dict" of a
-    checkpoint, a DDP "module." prefix stripped). Raises ValueError naming the file if it holds
-    no state dict of tensors.
-    """
+    """A local weights file as a state dict of tensors, on the CPU: an OpenAI TorchScript
+    archive's state dict without its integer entries, or what open_clip's `load_state_dict`
+    reads (torch.load with `weights_only`, or safetensors; a checkpoint's "state_dict", a DDP
+    "module." prefix stripped). Raises ValueError naming the file if it holds no such dict."""
     if is_torchscript_archive(path):
         state = _torchscript_state_dict(path)
     else:
@@ -159,24 +155,6 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
                 f"{path}: entry {key!r} is of type {type(value).__name__}, not a tensor (export a "
                 "training checkpoint's weights with `python -m smartclip.export`)"
             )
-    return state
-
-
-def _open_clip_layout(clip: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The conversions open_clip's `load_checkpoint` makes before loading CLIP-layout weights:
-    the text tower moved under `text.` for a CustomTextCLIP, logit scale and bias reshaped
-    (scalar or 1-d), a missing logit bias zero, the image positional table regridded to the
-    model's image size."""
-    if "positional_embedding" in state and not hasattr(clip, "positional_embedding"):
-        state = convert_to_custom_text_state_dict(state)
-    for key in ("logit_scale", "logit_bias"):
-        own = getattr(clip, key, None)
-        if own is not None and key in state and state[key].numel() == own.numel():
-            state[key] = state[key].reshape(own.shape)
-    if getattr(clip, "logit_bias", None) is not None and "logit_scale" in state:
-        state.setdefault("logit_bias", torch.zeros_like(state["logit_scale"]))
-    with suppress(RuntimeError):  # a table that is no square grid: `_check_fits` names it
-        resize_pos_embed(state, clip)
     return state
 
 
@@ -237,10 +215,18 @@ def create_clip(
     state = load_weights(pretrained)
     key = _positional_key(state)
     stored_len = state[key].shape[0] if key is not None and state[key].ndim == 2 else None
-    base = _random_clip(name, stored_len)  # None: the config's; `_check_fits` reports the rest
-    state = _open_clip_layout(base, state)
-    _check_fits(base, state, pretrained, name)
-    base.load_state_dict(state)
+    base = _random_clip(name, stored_len)  # None: the config's length
+    if is_torchscript_archive(pretrained):  # OpenAI's layout is open_clip's CLIP layout
+        _check_fits(base, state, pretrained, name)
+        base.load_state_dict(state)
+    else:  # open_clip's own loader, with its conversions of other layouts
+        try:
+            open_clip_factory.load_checkpoint(base, pretrained)
+        except RuntimeError as err:
+            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
+            raise ValueError(
+                f"{pretrained} does not fit open_clip model {name!r}: {detail[:300]}"
+            ) from None
     if context_length is None or context_length == base.context_length:
         return base
     if context_length < base.context_length:
