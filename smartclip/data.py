@@ -11,19 +11,27 @@ Public API
 ``load_annotations(source, fmt=None, **options)``  dispatch on ``fmt`` or on the file extension
 ``expand_shards(pattern) -> list[str]``            ``"a/{000..009}.tar::b/{x,y}.tar"``
 ``sample_sentence_prefix(caption, rng) -> str``    first k sentences, k uniform in 1..n
-``ImageTextDataset``  map-style ``(image, tokens)`` over records (``None`` for unreadable images)
-``ShardDataset``      iterable ``(image, tokens)`` over shards, split by rank, then by worker
-``Batch(images, texts, n_dropped)``, ``collate_skipping(samples) -> Batch``
+``caption_overflows(text, tokenizer) -> bool | None``  whether the tokenizer will cut the text
+``fit_caption(caption, tokenizer, mode) -> (text, truncated)``  fit a caption to the text context
+``count_long_captions(records, tokenizer, context_length) -> LongCaptions``  how many overflow
+``Sample(image, tokens, truncated)``  one training item
+``ImageTextDataset``  map-style ``Sample`` s over records (``None`` for unreadable images)
+``ShardDataset``      iterable ``Sample`` s over shards, split by rank, then by worker, or resampled
+``Batch(images, texts, n_dropped, n_truncated)``, ``collate_skipping(samples) -> Batch``
 ``build_train_loader(source, transform, tokenizer, *, batch_size, ...) -> TrainData``
 ``TrainData(loader, sampler, n_malformed, num_samples)``, ``.set_epoch(epoch)`` before each epoch
 ``build_eval_set(source, fmt=None, **options) -> EvalSet``  images, captions, text->image index
 
 ``transform`` maps a RGB ``PIL.Image`` to a tensor (open_clip's preprocess); ``tokenizer`` maps a
-list of strings to a ``[n, context]`` tensor (open_clip's tokenizer). Relative image paths are
-resolved against ``image_root``, which defaults to the annotation file's directory. Nothing bad in
-the data crashes a run: malformed annotation entries are counted in ``Annotations.n_malformed``,
-unreadable images and malformed shard samples become ``None`` samples that ``collate_skipping``
-drops and counts in ``Batch.n_dropped``; both are logged through ``logging``.
+list of strings to a ``[n, context]`` tensor (open_clip's tokenizer); with open_clip's
+``encode`` and ``context_length`` captions longer than the context are counted
+(``Batch.n_truncated``) and, with ``caption_fit="sentences"``, shortened by whole sentences.
+Relative image paths are resolved against ``image_root``, which defaults to the annotation file's
+directory. Shards are read with the webdataset library: local paths, ``pipe:command`` URLs (e.g.
+``pipe:aws s3 cp s3://bucket/{000..009}.tar -``) and whatever else its ``gopen`` opens. Nothing bad
+in the data crashes a run: malformed annotation entries are counted in ``Annotations.n_malformed``,
+unreadable images, malformed shard samples and unreadable shards become ``None`` samples that
+``collate_skipping`` drops and counts in ``Batch.n_dropped``; all are logged through ``logging``.
 
 Retrieval benchmarks map onto the loaders: COCO 5k and Flickr30k (``load_coco``, Karpathy
 ``split="test"``, five captions per image); ShareGPT4V-1k (``load_sharegpt4v``); Urban1k, DCI and
@@ -32,7 +40,9 @@ DOCCI with one long caption per image (a CSV/TSV of image path and caption, or S
 
 from __future__ import annotations
 
+import bisect
 import csv
+import functools
 import io
 import json
 import logging
@@ -42,10 +52,11 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import (
     DataLoader,
@@ -54,23 +65,26 @@ from torch.utils.data import (
     IterableDataset,
     get_worker_info,
 )
+from webdataset.tariterators import tarfile_samples
 
 logger = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("csv", "tsv", "sharegpt4v", "coco", "wds")
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+CAPTION_FITS: tuple[str, ...] = ("truncate", "sentences")
 
 Transform = Callable[[Image.Image], torch.Tensor]
 Tokenizer = Callable[[list[str]], torch.Tensor]
-Sample = tuple[torch.Tensor, torch.Tensor]
-T = TypeVar("T")
 
 _MAX_LOGGED = 5  # malformed entries logged one by one per file; the rest only in the summary
 _BOUNDARY = re.compile(r"[.!?]+(?=\s)")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"(\d+)\.\.(\d+)")
 _IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-_SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# tar and gzip damage, failed reads and pipe commands, unknown URL schemes, repeated member names
+_SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, ValueError)
+_SPECIAL_TOKENS = 2  # open_clip adds start- and end-of-text tokens around ``encode``'s ids
+_MEASURED_CAPTIONS = 20_000  # captions measured at start-up by ``count_long_captions``
 
 
 @dataclass(frozen=True)
@@ -301,14 +315,14 @@ def load_wds(pattern: str | Sequence[str]) -> Annotations:
     records = []
     skip = _Skips(pattern)
     for url in urls:
-        try:
-            for sample in _iter_tar(url):
-                try:
-                    records.append(_parse_sample(sample))
-                except ValueError as err:
-                    skip(f"sample {url}:{sample['__key__']}", str(err))
-        except _SHARD_ERRORS as err:
-            skip(f"shard {url}", f"unreadable, rest skipped: {err}")
+        for sample in _read_shard(url):
+            if isinstance(sample, Exception):
+                skip(f"shard {url}", f"unreadable, rest skipped: {sample}")
+                continue
+            try:
+                records.append(_parse_sample(sample))
+            except ValueError as err:
+                skip(f"sample {url}:{sample['__key__']}", str(err))
     skip.summary()
     return Annotations(records, skip.count)
 
@@ -408,24 +422,25 @@ def _expand(pattern: str) -> list[str]:
     return [head + option + tail for option in options for tail in tails]
 
 
-def _iter_tar(url: str) -> Iterator[dict[str, Any]]:
-    """Samples of a local tar shard: consecutive members sharing a key (the name up to the first
-    dot of the basename), as ``{"__key__": key, extension: bytes}``."""
-    sample: dict[str, Any] = {}
-    with tarfile.open(url, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            directory, _, base = member.name.rpartition("/")
-            stem, _, extension = base.partition(".")
-            key = f"{directory}/{stem}" if directory else stem
-            if sample and sample["__key__"] != key:
-                yield sample
-                sample = {}
-            sample["__key__"] = key
-            sample[extension.lower()] = tar.extractfile(member).read()
-    if sample:
-        yield sample
+def _read_shard(url: str) -> Iterator[dict[str, Any] | Exception]:
+    """Samples of one shard, read by webdataset (``gopen`` opens the URL, ``tarfile_samples``
+    groups consecutive members sharing a key, the name up to the first dot of the basename, into
+    ``{"__key__": key, extension: bytes}``), then the error if the shard broke off.
+
+    A shard that cannot be opened or read further ends there: the samples grouped so far are kept
+    (webdataset's convention, so a sample cut in the middle reaches the caller incomplete and
+    usually fails to parse) and the error comes last. Other exceptions propagate.
+    """
+    errors: list[Exception] = []
+
+    def stop_shard(err: Exception) -> bool:
+        if not isinstance(err, _SHARD_ERRORS):
+            raise err
+        errors.append(err)
+        return False  # webdataset's handler protocol: False stops reading this shard
+
+    yield from tarfile_samples([{"url": url}], handler=stop_shard)
+    yield from errors[:1]
 
 
 def _parse_sample(sample: dict[str, Any]) -> Record:
@@ -433,7 +448,7 @@ def _parse_sample(sample: dict[str, Any]) -> Record:
     ``captions``/``caption`` field, else ``txt``. Raises ValueError when either is missing."""
     image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
     if image is None:
-        raise ValueError(f"no image among {sorted(k for k in sample if k != '__key__')}")
+        raise ValueError(f"no image among {sorted(k for k in sample if not k.startswith('__'))}")
     captions: list[Any] = []
     if "json" in sample:
         meta = json.loads(sample["json"])
@@ -450,16 +465,98 @@ def _parse_sample(sample: dict[str, Any]) -> Record:
 # --------------------------------------------------------------------------------------- samples
 
 
-def sample_sentence_prefix(caption: str, rng: np.random.Generator) -> str:
-    """The caption's first k sentences, k uniform in 1..n (a literal prefix, trailing space cut).
+def _sentence_ends(text: str) -> list[int]:
+    """Where each sentence of ``text`` (no trailing whitespace) ends, the last at ``len(text)``.
 
     Sentences end at ``.``, ``!`` or ``?`` followed by whitespace (so "e.g. x" splits too).
     """
-    text = caption.rstrip()
     ends = [m.end() for m in _BOUNDARY.finditer(text)]
     if not ends or ends[-1] < len(text):
         ends.append(len(text))
+    return ends
+
+
+def sample_sentence_prefix(caption: str, rng: np.random.Generator) -> str:
+    """The caption's first k sentences, k uniform in 1..n (a literal prefix, trailing space cut)."""
+    text = caption.rstrip()
+    ends = _sentence_ends(text)
     return text[: ends[int(rng.integers(len(ends)))]]
+
+
+def caption_overflows(text: str, tokenizer: Any, context_length: int | None = None) -> bool | None:
+    """Whether the tokenizer cuts ``text`` to fit ``context_length`` tokens (default: the
+    tokenizer's ``context_length``), counting open_clip's start and end tokens around the ids of
+    its ``encode``; None when the tokenizer has no ``encode`` or no context length to tell."""
+    encode = getattr(tokenizer, "encode", None)
+    context_length = context_length or getattr(tokenizer, "context_length", None)
+    if encode is None or context_length is None:
+        return None
+    return len(encode(text)) + _SPECIAL_TOKENS > context_length
+
+
+def _checked_caption_fit(mode: str) -> str:
+    """``mode`` if it is one of ``CAPTION_FITS``; else ValueError."""
+    if mode not in CAPTION_FITS:
+        raise ValueError(f"caption_fit must be one of {CAPTION_FITS}, got {mode!r}")
+    return mode
+
+
+def fit_caption(caption: str, tokenizer: Any, mode: str = "truncate") -> tuple[str, bool]:
+    """(the text to tokenize, whether the tokenizer will cut it) for the tokenizer's context.
+
+    ``truncate`` leaves the caption to the tokenizer, which cuts it. ``sentences`` keeps the
+    longest prefix of whole sentences that fits; when even the first sentence does not fit, that
+    sentence alone is returned, to be cut. A tokenizer that cannot measure text
+    (``caption_overflows`` is None) gets the caption unchanged, counted as not cut.
+    """
+    _checked_caption_fit(mode)
+    if not caption_overflows(caption, tokenizer):
+        return caption, False
+    if mode == "truncate":
+        return caption, True
+    text = caption.rstrip()
+    ends = _sentence_ends(text)
+    # prefixes only grow in tokens, so the ones that fit come first
+    n_fit = bisect.bisect_left(ends, True, key=lambda e: caption_overflows(text[:e], tokenizer))
+    return (text[: ends[n_fit - 1]], False) if n_fit else (text[: ends[0]], True)
+
+
+@dataclass(frozen=True)
+class LongCaptions:
+    """``n_long`` of ``n_checked`` measured captions (of ``n_total``) exceed the context."""
+
+    n_long: int
+    n_checked: int
+    n_total: int
+    context_length: int
+
+    def __str__(self) -> str:
+        head = f"captions over the {self.context_length}-token context: "
+        share = f"{self.n_long / max(self.n_checked, 1):.1%}"
+        checked = "" if self.n_checked == self.n_total else f"a random {self.n_checked:,} of "
+        return head + f"{self.n_long:,} of {checked}{self.n_total:,} ({share})"
+
+
+def count_long_captions(
+    records: Sequence[Record],
+    tokenizer: Any,
+    context_length: int,
+    limit: int = _MEASURED_CAPTIONS,
+    seed: int = 0,
+) -> LongCaptions | None:
+    """How many of the records' captions exceed ``context_length`` tokens: all captions if there
+    are at most ``limit``, else ``limit`` drawn without replacement with ``seed``. None when the
+    tokenizer cannot measure text (no ``encode``)."""
+    if caption_overflows("", tokenizer, context_length) is None:
+        return None
+    captions = [c for r in records for c in r.captions]
+    if len(captions) > limit:
+        chosen = np.random.default_rng(seed).choice(len(captions), limit, replace=False)
+        measured = [captions[i] for i in chosen]
+    else:
+        measured = captions
+    n_long = sum(bool(caption_overflows(c, tokenizer, context_length)) for c in measured)
+    return LongCaptions(n_long, len(measured), len(captions), context_length)
 
 
 def _open_image(image: Path | bytes, where: str) -> Image.Image | None:
@@ -472,14 +569,25 @@ def _open_image(image: Path | bytes, where: str) -> Image.Image | None:
         return None
 
 
+class Sample(NamedTuple):
+    """One item: the transformed image, its caption's tokens, and whether the caption was cut to
+    fit the text context (False when the tokenizer cannot tell)."""
+
+    image: torch.Tensor
+    tokens: torch.Tensor
+    truncated: bool = False
+
+
 def _make_sample(
     record: Record,
     transform: Transform,
     tokenizer: Tokenizer,
     rng: np.random.Generator | None,
     sentence_sampling: bool,
+    caption_fit: str,
 ) -> Sample | None:
-    """``(transform(image), tokens)``; with an ``rng`` (training) a random caption, maybe cut."""
+    """A ``Sample``, or None if the image cannot be read. With an ``rng`` (training) a random
+    caption, maybe a random sentence prefix of it; then fitted to the context (``fit_caption``)."""
     where = str(record.image) if isinstance(record.image, Path) else record.image_id
     image = _open_image(record.image, where)
     if image is None:
@@ -489,15 +597,17 @@ def _make_sample(
         caption = record.captions[int(rng.integers(len(record.captions)))]
         if sentence_sampling:
             caption = sample_sentence_prefix(caption, rng)
-    return transform(image), tokenizer([caption])[0]
+    text, truncated = fit_caption(caption, tokenizer, caption_fit)
+    return Sample(transform(image), tokenizer([text])[0], truncated)
 
 
 class ImageTextDataset(Dataset):
-    """Map-style ``(image, tokens)`` over records; ``None`` where the image cannot be read.
+    """Map-style ``Sample`` s over records; ``None`` where the image cannot be read.
 
     With ``train=True`` each item draws one of the record's captions and, if
     ``sentence_sampling``, its first k sentences, from ``default_rng([seed, epoch, index])``: the
-    same whatever the worker. Otherwise the first caption is used whole. Call ``set_epoch`` before
+    same whatever the worker. Otherwise the first caption is used whole. Either way the caption is
+    fitted to the context as ``caption_fit`` says (``fit_caption``). Call ``set_epoch`` before
     each epoch (the loader must not use persistent workers).
     """
 
@@ -510,6 +620,7 @@ class ImageTextDataset(Dataset):
         train: bool = True,
         sentence_sampling: bool = True,
         seed: int = 0,
+        caption_fit: str = "truncate",
     ) -> None:
         self.records = records
         self.transform = transform
@@ -517,6 +628,7 @@ class ImageTextDataset(Dataset):
         self.train = train
         self.sentence_sampling = sentence_sampling
         self.seed = seed
+        self.caption_fit = _checked_caption_fit(caption_fit)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -528,16 +640,25 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | None:
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         record = self.records[index]
-        return _make_sample(record, self.transform, self.tokenizer, rng, self.sentence_sampling)
+        return _make_sample(
+            record, self.transform, self.tokenizer, rng, self.sentence_sampling, self.caption_fit
+        )
 
 
 class ShardDataset(IterableDataset):
-    """Iterable ``(image, tokens)`` over webdataset shards; ``None`` for each bad sample or shard.
+    """Iterable ``Sample`` s over webdataset shards; ``None`` for each bad sample or shard.
 
-    Shards (reshuffled per epoch when ``train``) go round-robin to ``world_size * num_workers``
-    readers, so every sample is read exactly once per epoch when all ranks use the same number of
-    workers; ranks with fewer shards than readers leave readers idle. With ``train`` samples pass a
-    ``shuffle_buffer``-sized shuffle and captions are drawn as in ``ImageTextDataset``.
+    Shards are read with the webdataset library (``_read_shard``: paths, ``pipe:`` and other
+    URLs). By default the shards (reshuffled per epoch when ``train``, seeded by
+    ``[seed, epoch]``) go round-robin to ``world_size * num_workers`` readers, so every sample is
+    read exactly once per epoch when all ranks use the same number of workers; ranks with fewer
+    shards than readers leave readers idle. With ``resampled`` each reader instead draws shards
+    with replacement, without end, from webdataset's ``ResampledShards`` seeded by
+    ``(seed, epoch, rank, worker)``: ranks stream independently and the loop ends epochs. With
+    ``train`` samples pass a ``shuffle_buffer``-sized shuffle seeded the same way, and the
+    captions of sample ``index`` of shard ``shard`` are drawn from
+    ``default_rng([seed, epoch, shard, index])`` as in ``ImageTextDataset`` (a shard drawn twice
+    in one resampled epoch repeats its draws). The data is a function of (seed, epoch, position).
     """
 
     def __init__(
@@ -552,6 +673,8 @@ class ShardDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         shuffle_buffer: int = 256,
+        resampled: bool = False,
+        caption_fit: str = "truncate",
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
@@ -566,13 +689,16 @@ class ShardDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
+        self.resampled = resampled
+        self.caption_fit = _checked_caption_fit(caption_fit)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def shards_for(self, worker: int, num_workers: int) -> list[int]:
-        """Indices into ``urls`` read by this rank's ``worker`` (of ``num_workers``) this epoch."""
+        """Indices into ``urls`` read by this rank's ``worker`` (of ``num_workers``) this epoch
+        when not ``resampled``."""
         order = np.arange(len(self.urls))
         if self.train:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.urls))
@@ -582,50 +708,71 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Sample | None]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        shards = self.shards_for(worker, num_workers)
-        if not shards:
-            logger.warning("rank %d worker %d has no shards to read", self.rank, worker)
-        raw: Iterable[tuple[int, int, dict[str, Any]] | None] = self._raw(shards)
+        stream_seed = _seed(self.seed, self.epoch, self.rank, worker)
+        shuffle = []
         if self.train and self.shuffle_buffer > 1:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-            raw = _buffer_shuffle(raw, self.shuffle_buffer, rng)
-        for item in raw:
-            yield None if item is None else self._prepare(*item)
+            shuffle = [wds.shuffle(self.shuffle_buffer, self.shuffle_buffer, seed=stream_seed)]
+        pipeline = wds.DataPipeline(
+            functools.partial(self._shards, worker, num_workers, stream_seed),
+            self._read,
+            *shuffle,
+            self._prepare,
+        )
+        return iter(pipeline)
 
-    def _raw(self, shards: list[int]) -> Iterator[tuple[int, int, dict[str, Any]] | None]:
-        for shard in shards:
-            try:
-                for index, sample in enumerate(_iter_tar(self.urls[shard])):
-                    yield shard, index, sample
-            except _SHARD_ERRORS as err:
-                logger.warning("%s: unreadable shard, rest skipped: %s", self.urls[shard], err)
-                yield None
+    def _shards(self, worker: int, num_workers: int, stream_seed: int) -> Iterator[dict[str, Any]]:
+        """The shards this reader reads, as ``{"url": url, "shard": index into urls}``."""
+        if not self.resampled:
+            shards = self.shards_for(worker, num_workers)
+            if not shards:
+                logger.warning("rank %d worker %d has no shards to read", self.rank, worker)
+            return ({"url": self.urls[i], "shard": i} for i in shards)
+        index = {url: i for i, url in enumerate(self.urls)}
+        draws = wds.ResampledShards(
+            self.urls, seed=stream_seed, worker_seed=lambda: 0, deterministic=True
+        )  # the seed already names rank and worker: no seed from torch's view of them
+        return ({"url": d["url"], "shard": index[d["url"]]} for d in draws)
 
-    def _prepare(self, shard: int, index: int, sample: dict[str, Any]) -> Sample | None:
+    def _read(
+        self, shards: Iterable[dict[str, Any]]
+    ) -> Iterator[tuple[int, int, dict[str, Any]] | None]:
+        """``(shard, index in the shard, sample)`` for every sample; one None per broken shard."""
+        for source in shards:
+            for index, sample in enumerate(_read_shard(source["url"])):
+                if isinstance(sample, Exception):
+                    logger.warning("%s: unreadable shard, rest skipped: %s", source["url"], sample)
+                    yield None
+                else:
+                    yield source["shard"], index, sample
+
+    def _prepare(
+        self, items: Iterable[tuple[int, int, dict[str, Any]] | None]
+    ) -> Iterator[Sample | None]:
+        """The pipeline's last stage: ``_sample`` of each raw sample, None kept as None."""
+        for item in items:
+            yield None if item is None else self._sample(*item)
+
+    def _sample(self, shard: int, index: int, sample: dict[str, Any]) -> Sample | None:
+        """A ``Sample`` (or None if bad) of a raw sample: parsed, decoded, caption drawn, fitted."""
         try:
             record = _parse_sample(sample)
         except ValueError as err:
             logger.warning("%s: skipping sample %s: %s", self.urls[shard], sample["__key__"], err)
             return None
         rng = np.random.default_rng([self.seed, self.epoch, shard, index]) if self.train else None
-        return _make_sample(record, self.transform, self.tokenizer, rng, self.sentence_sampling)
+        return _make_sample(
+            record, self.transform, self.tokenizer, rng, self.sentence_sampling, self.caption_fit
+        )
 
 
-def _buffer_shuffle(items: Iterable[T], size: int, rng: np.random.Generator) -> Iterator[T]:
-    """Approximately shuffle a stream while holding at most ``size`` items."""
-    buffer: list[T] = []
-    for item in items:
-        buffer.append(item)
-        if len(buffer) >= size:
-            j = int(rng.integers(len(buffer)))
-            buffer[j], buffer[-1] = buffer[-1], buffer[j]
-            yield buffer.pop()
-    rng.shuffle(buffer)
-    yield from buffer
+def _seed(*parts: int) -> int:
+    """A 64-bit seed determined by ``parts``, for the standard-library generators of webdataset."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0])
 
 
 class Batch(NamedTuple):
-    """Stacked images ``[B, ...]`` and tokens ``[B, L]``, and how many failed samples were dropped.
+    """Stacked images ``[B, ...]`` and tokens ``[B, L]``, how many failed samples were dropped
+    and how many of the kept captions the tokenizer cut to fit the context.
 
     ``B`` may be smaller than the batch size, and 0 (empty tensors) if every sample failed.
     """
@@ -637,12 +784,17 @@ class Batch(NamedTuple):
 
 
 def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
-    """Stack the good samples; count the ``None`` ones."""
+    """Stack the good samples; count the ``None`` ones and the truncated captions."""
     good = [s for s in samples if s is not None]
     n_dropped = len(samples) - len(good)
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), n_dropped)
-    return Batch(torch.stack([s[0] for s in good]), torch.stack([s[1] for s in good]), n_dropped)
+    return Batch(
+        torch.stack([s.image for s in good]),
+        torch.stack([s.tokens for s in good]),
+        n_dropped,
+        sum(s.truncated for s in good),
+    )
 
 
 # --------------------------------------------------------------------------------------- loaders
@@ -681,18 +833,27 @@ def build_train_loader(
     world_size: int = 1,
     drop_last: bool = True,
     sentence_sampling: bool = True,
+    caption_fit: str = "truncate",
     shuffle_buffer: int = 256,
+    resampled: bool = False,
     pin_memory: bool = False,
     **options: Any,
 ) -> TrainData:
     """A shuffling loader of ``Batch`` es for one rank.
 
     File formats use a ``DistributedSampler`` (also for one process, for seeded shuffling);
-    shards are split by rank and worker. ``options`` go to the format's loader (e.g.
-    ``img_key``, ``caption_key``, ``sep``, ``image_root``, ``split``).
+    shards are split by rank and worker, or with ``resampled`` drawn with replacement by every
+    reader (``ShardDataset``). Captions are fitted to the context as ``caption_fit`` says
+    (``fit_caption``). ``options`` go to the format's loader (e.g. ``img_key``, ``caption_key``,
+    ``sep``, ``image_root``, ``split``).
     """
     fmt = fmt or detect_format(source)
-    common = {"train": True, "sentence_sampling": sentence_sampling, "seed": seed}
+    common = {
+        "train": True,
+        "sentence_sampling": sentence_sampling,
+        "seed": seed,
+        "caption_fit": caption_fit,
+    }
     loader_args = {
         "batch_size": batch_size,
         "num_workers": num_workers,
@@ -710,9 +871,12 @@ def build_train_loader(
             rank=rank,
             world_size=world_size,
             shuffle_buffer=shuffle_buffer,
+            resampled=resampled,
             **common,
         )
         return TrainData(DataLoader(shards, **loader_args), None, 0, None)
+    if resampled:
+        raise ValueError(f"{source}: resampling applies to webdataset shards, not {fmt}")
     annotations = load_annotations(source, fmt, **options)
     if not annotations.records:
         raise ValueError(f"{source}: no usable records ({annotations.n_malformed} malformed)")

@@ -46,7 +46,12 @@ from smartclip import distributed as dist
 from smartclip.builtin import prepare_scenes
 from smartclip.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from smartclip.cli import parse_config
-from smartclip.data import annotation_options, build_eval_set, build_train_loader
+from smartclip.data import (
+    annotation_options,
+    build_eval_set,
+    build_train_loader,
+    count_long_captions,
+)
 from smartclip.eval import evaluate_retrieval
 from smartclip.export import EXPORT_WEIGHTS_NAME, export_open_clip
 from smartclip.masknet import CollapseWatch
@@ -160,6 +165,8 @@ def train(cfg: TrainConfig) -> Path:
             rank=env.rank,
             world_size=env.world_size,
             sentence_sampling=cfg.sentence_sampling,
+            caption_fit=cfg.caption_fit,
+            resampled=cfg.wds_resampled,
             pin_memory=env.device.type == "cuda",
             **options,
         )
@@ -171,6 +178,11 @@ def train(cfg: TrainConfig) -> Path:
         raise RunError(str(err)) from None
     if data.sampler is not None:
         probe_images(data.loader.dataset)
+        if env.is_main:
+            records = data.loader.dataset.records
+            long = count_long_captions(records, tokenizer, cfg.context_length, seed=cfg.seed)
+            if long is not None:
+                print(f"{long}; --caption-fit {cfg.caption_fit}")
     if data.num_samples is None:
         batches_per_epoch = cfg.train_num_samples // (cfg.batch_size * env.world_size)
     else:

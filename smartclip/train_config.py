@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import open_clip
 
 from smartclip.cli import require
-from smartclip.data import FORMATS
+from smartclip.data import CAPTION_FITS, FORMATS
 from smartclip.losses import OBJECTIVES, SPARSITY_FORMS
 from smartclip.model import KEEP_POSITIONS, TINY_MODEL
 
@@ -57,6 +57,20 @@ class TrainConfig:
     )
     sentence_sampling: bool = field(
         default=True, metadata={"help": "train on a random first-k-sentence prefix of a caption"}
+    )
+    caption_fit: str = field(
+        default="truncate",
+        metadata={
+            "help": "captions over --context-length: truncate (the tokenizer cuts; release) or "
+            "sentences (drop trailing sentences until it fits)"
+        },
+    )
+    wds_resampled: bool = field(
+        default=False,
+        metadata={
+            "help": "shards: each rank and worker draws shards with replacement, seeded, without "
+            "end, instead of splitting them (multi-node streaming)"
+        },
     )
     max_skipped_share: float = field(
         default=0.05,
@@ -157,6 +171,8 @@ class TrainConfig:
         )
         if self.train_data is not None and not shards:
             require(os.path.isfile(self.train_data), "train_data", "no such file")
+        require(not self.wds_resampled or shards, "wds_resampled", "applies to shards only")
+        require(self.caption_fit in CAPTION_FITS, "caption_fit", f"choose one of {CAPTION_FITS}")
         if self.val_data is not None and ".tar" not in self.val_data:
             require(os.path.isfile(self.val_data), "val_data", "no such file")
         require(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,14 +25,19 @@ from torchvision.transforms import ToTensor
 from smartclip.data import (
     Batch,
     ImageTextDataset,
+    LongCaptions,
     Record,
+    Sample,
     ShardDataset,
     annotation_options,
     build_eval_set,
     build_train_loader,
+    caption_overflows,
     collate_skipping,
+    count_long_captions,
     detect_format,
     expand_shards,
+    fit_caption,
     load_annotations,
     load_coco,
     load_csv,
@@ -36,6 +45,7 @@ from smartclip.data import (
     load_wds,
     sample_sentence_prefix,
 )
+from smartclip.stream import BatchStream
 from synthetic.scenes import FORMATS, SceneConfig, SplitFiles, write_dataset
 
 N_TRAIN, N_VAL, SHARD_SIZE = 18, 6, 3
@@ -53,6 +63,22 @@ def byte_tokenizer(texts: list[str]) -> torch.Tensor:
 
 def decode(tokens: torch.Tensor) -> str:
     return bytes(t for t in tokens.tolist() if t).decode()
+
+
+class WordTokenizer:
+    """Stand-in for open_clip's tokenizer as ``fit_caption`` measures it: one id per word."""
+
+    def __init__(self, context_length: int) -> None:
+        self.context_length = context_length
+
+    def encode(self, text: str) -> list[int]:
+        return [len(word) for word in text.split()]
+
+
+@pytest.fixture(scope="module")
+def clip_tokenizer() -> open_clip.tokenizer.SimpleTokenizer:
+    """open_clip's BPE tokenizer at CLIP's own 77-token context."""
+    return open_clip.get_tokenizer("ViT-B-16", context_length=77)
 
 
 def digest(image: torch.Tensor) -> str:
@@ -241,13 +267,16 @@ def test_unreadable_images_are_skipped_counted_and_logged(
     assert not set(bad) & set(evalset.images)
 
 
-def test_collate_skipping_counts_none_and_survives_all_failures() -> None:
-    sample = (torch.ones(3, 2, 2), torch.arange(4))
-    batch = collate_skipping([sample, None, sample, None, None])
-    assert batch.images.shape == (2, 3, 2, 2) and batch.texts.shape == (2, 4)
-    assert batch.n_dropped == 3
+def test_collate_skipping_counts_none_and_truncated_and_survives_all_failures() -> None:
+    cut = Sample(torch.ones(3, 2, 2), torch.arange(4), truncated=True)
+    whole = Sample(torch.zeros(3, 2, 2), torch.arange(4))
+    batch = collate_skipping([cut, None, whole, None, cut, None])
+    assert batch.images.shape == (3, 3, 2, 2) and batch.texts.shape == (3, 4)
+    assert batch.images[:, 0, 0, 0].tolist() == [1, 0, 1]
+    assert batch.n_dropped == 3 and batch.n_truncated == 2
     empty = collate_skipping([None, None])
     assert empty.images.shape[0] == 0 and empty.texts.shape[0] == 0 and empty.n_dropped == 2
+    assert empty.n_truncated == 0
 
 
 def test_malformed_csv_rows_are_counted(scenes: dict[str, SplitFiles], tmp_path: Path) -> None:
@@ -401,15 +430,16 @@ def test_shard_assignment_partitions_the_shards(
     assert sorted(assigned) == list(range(n_shards))
 
 
-def test_shards_over_two_ranks_and_two_workers_cover_every_sample_once(
-    scenes: dict[str, SplitFiles],
-) -> None:
-    files = scenes["train"]
-    expected = {digest(ToTensor()(Image.open(p).convert("RGB"))) for p in files.images}
-    seen = []
+def image_digests(files: SplitFiles) -> list[str]:
+    return sorted(digest(ToTensor()(Image.open(p).convert("RGB"))) for p in files.images)
+
+
+def epoch_orders(pattern: str, epoch: int, **options: Any) -> list[list[str]]:
+    """For each of 2 ranks with 2 workers: image digests in the order its loader yields them."""
+    orders = []
     for rank in range(2):
         data = build_train_loader(
-            files.annotations["wds"],
+            pattern,
             ToTensor(),
             byte_tokenizer,
             batch_size=2,
@@ -419,12 +449,131 @@ def test_shards_over_two_ranks_and_two_workers_cover_every_sample_once(
             drop_last=False,
             shuffle_buffer=4,
             seed=3,
+            **options,
         )
+        data.set_epoch(epoch)
+        batches = list(data.loader)
+        assert all(b.n_dropped == 0 for b in batches)
+        orders.append([digest(image) for b in batches for image in b.images])
+    return orders
+
+
+def test_shards_over_two_ranks_and_two_workers_cover_every_sample_once_per_epoch(
+    scenes: dict[str, SplitFiles],
+) -> None:
+    files = scenes["train"]
+    pattern = files.annotations["wds"]
+    first, second = epoch_orders(pattern, 1), epoch_orders(pattern, 2)
+    for orders in (first, second):
+        assert sorted(orders[0] + orders[1]) == image_digests(files)
+    assert first != second
+    assert epoch_orders(pattern, 1) == first  # a function of (seed, epoch), not of history
+
+
+def test_resampled_shards_stream_without_end_deterministically_per_seed(
+    scenes: dict[str, SplitFiles],
+) -> None:
+    files = scenes["train"]
+
+    def stream(seed: int, epoch: int = 0, rank: int = 0) -> list[tuple[str, str]]:
+        dataset = ShardDataset(
+            files.annotations["wds"],
+            ToTensor(),
+            byte_tokenizer,
+            seed=seed,
+            rank=rank,
+            world_size=2,
+            shuffle_buffer=4,
+            resampled=True,
+        )
+        dataset.set_epoch(epoch)
+        return [(digest(s.image), decode(s.tokens)) for s in itertools.islice(dataset, 3 * N_TRAIN)]
+
+    drawn = stream(seed=1)
+    assert len(drawn) == 3 * N_TRAIN  # more than the data holds: drawn with replacement
+    assert {d for d, _ in drawn} <= set(image_digests(files))
+    assert len({d for d, _ in drawn}) > 2 * SHARD_SIZE  # from several shards
+    assert stream(seed=1) == drawn
+    assert stream(seed=2) != drawn
+    assert stream(seed=1, epoch=1) != drawn and stream(seed=1, rank=1) != drawn
+
+    def loader_batches() -> list[torch.Tensor]:
+        data = build_train_loader(
+            files.annotations["wds"], ToTensor(), byte_tokenizer, batch_size=3, num_workers=2,
+            resampled=True, seed=1,
+        )  # fmt: skip
+        return [b.images for b in itertools.islice(data.loader, 8)]
+
+    first = loader_batches()
+    assert all(torch.equal(a, b) for a, b in zip(first, loader_batches(), strict=True))
+    assert not torch.equal(first[0], first[1])  # the two workers draw differently
+    with pytest.raises(ValueError, match="resampling applies to webdataset shards"):
+        build_train_loader(
+            files.annotations["csv"], ToTensor(), byte_tokenizer, batch_size=2, resampled=True
+        )
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_shard_streams_resume_exactly(scenes: dict[str, SplitFiles], resampled: bool) -> None:
+    def stream(epoch: int, position: int) -> BatchStream:
+        data = build_train_loader(
+            scenes["train"].annotations["wds"], ToTensor(), byte_tokenizer, batch_size=2,
+            num_workers=2, seed=4, shuffle_buffer=4, resampled=resampled,
+        )  # fmt: skip
+        return BatchStream(data, batches_per_epoch=4, epoch=epoch, position=position)
+
+    whole = list(itertools.islice(stream(0, 0), 10))  # epochs 0 and 1, half of epoch 2
+    resumed = list(itertools.islice(stream(1, 1), 5))  # from the second batch of epoch 1
+    for a, b in zip(whole[5:], resumed, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
+    assert not torch.equal(whole[0].images, whole[4].images)  # epochs differ
+
+
+def test_unreadable_shards_and_corrupt_samples_are_counted_not_raised(
+    scenes: dict[str, SplitFiles], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    png = scenes["train"].images[0].read_bytes()
+    with tarfile.open(tmp_path / "good.tar", "w") as tar:
+        for key, image in (("a", png), ("b", b"not an image"), ("c", png)):
+            add(tar, f"{key}.png", image)
+            add(tar, f"{key}.txt", b"a caption")
+    (tmp_path / "garbage.tar").write_bytes(np.random.default_rng(0).bytes(3000))
+    missing = tmp_path / "missing.tar"
+    bad = [str(missing), str(tmp_path / "garbage.tar"), f"pipe:cat {missing} 2>/dev/null"]
+    bad.append("nosuchscheme://host/x.tar")
+    pattern = "::".join([str(tmp_path / "good.tar"), *bad])
+    caplog.set_level(logging.WARNING, logger="smartclip.data")
+    data = build_train_loader(pattern, ToTensor(), byte_tokenizer, batch_size=2, drop_last=False)
+    for epoch in range(2):
+        data.set_epoch(epoch)
+        batches = list(data.loader)
+        assert sum(b.images.shape[0] for b in batches) == 2
+        assert sum(b.n_dropped for b in batches) == 1 + len(bad)
+    for url in bad:
+        assert any(f"{url}: unreadable shard" in r.getMessage() for r in caplog.records), url
+    annotations = load_wds(pattern)  # images are not decoded here
+    assert [r.image_id for r in annotations.records] == ["a", "b", "c"]
+    assert annotations.n_malformed == len(bad)
+
+
+def test_pipe_urls_read_the_same_samples_as_paths(scenes: dict[str, SplitFiles]) -> None:
+    pattern = scenes["train"].annotations["wds"]
+    piped = f"pipe:cat {pattern}"
+    assert load_wds(piped) == load_wds(pattern)
+    assert len(load_wds(piped).records) == N_TRAIN
+
+    def batches(source: str) -> list[Batch]:
+        data = build_train_loader(
+            source, ToTensor(), byte_tokenizer, batch_size=4, num_workers=2, seed=5,
+            drop_last=False,
+        )  # fmt: skip
         data.set_epoch(1)
-        for batch in data.loader:
-            assert batch.n_dropped == 0
-            seen += [digest(image) for image in batch.images]
-    assert len(seen) == N_TRAIN and set(seen) == expected
+        return list(data.loader)
+
+    from_paths, from_pipes = batches(pattern), batches(piped)
+    assert sum(b.images.shape[0] for b in from_pipes) == N_TRAIN
+    for a, b in zip(from_paths, from_pipes, strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.texts, b.texts)
 
 
 def test_distributed_sampler_splits_file_formats_across_ranks(
@@ -490,3 +639,117 @@ def test_annotation_options_give_each_format_only_its_own_options(tmp_path):
     assert annotation_options("s/{00..03}.tar", "wds", **flags) == ("wds", {})
     with pytest.raises(ValueError, match="split"):
         annotation_options("a.tsv", split="test")
+
+
+def test_caption_overflow_matches_what_the_tokenizer_cuts(clip_tokenizer) -> None:
+    for n_words in range(70, 80):
+        text = " ".join(["red"] * n_words)
+        n_ids = len(clip_tokenizer.encode(text))
+        kept = int((clip_tokenizer([text])[0] != 0).sum()) - 2  # without start and end tokens
+        assert caption_overflows(text, clip_tokenizer) == (kept < n_ids)
+    long = " ".join(["a red circle"] * 100)  # 300 words, one sentence
+    assert caption_overflows(long, clip_tokenizer, context_length=400) is False
+    for mode in ("truncate", "sentences"):
+        assert fit_caption(long, clip_tokenizer, mode) == (long, True)
+        assert fit_caption("a red circle.", clip_tokenizer, mode) == ("a red circle.", False)
+    assert caption_overflows(long, byte_tokenizer) is None  # no encode: cannot tell
+    assert fit_caption(long, byte_tokenizer, "sentences") == (long, False)
+    with pytest.raises(ValueError, match="caption_fit"):
+        fit_caption(long, clip_tokenizer, "words")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=8),
+    separators=st.lists(st.sampled_from([" ", "  ", "\n"]), min_size=8, max_size=8),
+    ends=st.lists(st.sampled_from([".", "!", "?", "..."]), min_size=8, max_size=8),
+    context_length=st.integers(3, 40),
+)
+def test_sentence_fit_keeps_the_longest_whole_sentence_prefix_that_fits(
+    lengths: list[int], separators: list[str], ends: list[str], context_length: int
+) -> None:
+    sentences = [" ".join(["w"] * n) + end for n, end in zip(lengths, ends, strict=False)]
+    caption = "".join(s + sep for s, sep in zip(sentences, separators, strict=False))
+    prefixes = [
+        "".join(s + sep for s, sep in zip(sentences[:k], separators, strict=False)).rstrip()
+        for k in range(1, len(sentences) + 1)
+    ]
+    tokenizer = WordTokenizer(context_length)
+    too_long = len(caption.split()) + 2 > context_length  # start and end tokens count
+    fitting = [p for p in prefixes if len(p.split()) + 2 <= context_length]
+    expected = (fitting[-1], False) if fitting else (prefixes[0], True)
+    assert fit_caption(caption, tokenizer, "sentences") == (
+        expected if too_long else (caption, False)
+    )
+    assert fit_caption(caption, tokenizer, "truncate") == (caption, too_long)
+
+
+def test_sentence_fit_with_open_clip_keeps_whole_sentences(clip_tokenizer) -> None:
+    sentences = [f"The {colour} circle sits above the square." for colour in ["red"] * 30]
+    caption = " ".join(sentences)
+    text, truncated = fit_caption(caption, clip_tokenizer, "sentences")
+    assert not truncated and caption.startswith(text) and text.endswith(".")
+    k = len(text.split(". "))
+    assert text == " ".join(sentences[:k])
+    assert not caption_overflows(text, clip_tokenizer)
+    assert caption_overflows(" ".join(sentences[: k + 1]), clip_tokenizer)
+
+
+def write_captions(path: Path, images: list[Path], captions: list[str]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filepath", "title"])
+        writer.writerows(zip(images, captions, strict=True))
+    return path
+
+
+def test_truncated_captions_reach_the_batch(
+    scenes: dict[str, SplitFiles], tmp_path: Path, clip_tokenizer
+) -> None:
+    one_long_sentence = " ".join(["a red circle"] * 100)
+    many_sentences = " ".join(["A red circle."] * 40)  # 120 words, every sentence short
+    captions = [one_long_sentence, many_sentences, many_sentences, "a red circle", "a star"]
+    path = write_captions(tmp_path / "c.csv", scenes["train"].images[:5], captions)
+    for mode, n_truncated in (("truncate", 3), ("sentences", 1)):
+        data = build_train_loader(
+            path, ToTensor(), clip_tokenizer, batch_size=2, drop_last=False,
+            sentence_sampling=False, caption_fit=mode,
+        )  # fmt: skip
+        batches = list(data.loader)
+        assert sum(b.images.shape[0] for b in batches) == 5
+        assert sum(b.n_truncated for b in batches) == n_truncated, mode
+    with pytest.raises(ValueError, match="caption_fit"):
+        ImageTextDataset([], ToTensor(), clip_tokenizer, caption_fit="words")
+    with pytest.raises(ValueError, match="caption_fit"):
+        ShardDataset(["a.tar"], ToTensor(), clip_tokenizer, caption_fit="words")
+
+
+def test_shard_samples_report_truncation(scenes: dict[str, SplitFiles], tmp_path: Path) -> None:
+    png = scenes["train"].images[0].read_bytes()
+    with tarfile.open(tmp_path / "0.tar", "w") as tar:
+        for key, caption in (("long", " ".join(["red"] * 300)), ("short", "red")):
+            add(tar, f"{key}.png", png)
+            add(tar, f"{key}.txt", caption.encode())
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=77)
+    dataset = ShardDataset(str(tmp_path / "0.tar"), ToTensor(), tokenizer, train=False)
+    assert [s.truncated for s in dataset] == [True, False]
+
+
+def test_count_long_captions_counts_all_or_a_seeded_sample() -> None:
+    tokenizer = WordTokenizer(12)  # 10 words fit
+    records = [
+        Record(Path(f"{i}.png"), (" ".join(["w"] * (20 if i % 4 == 0 else 5)), "w w"), str(i))
+        for i in range(40)
+    ]  # 80 captions, 10 of them long
+    everything = count_long_captions(records, tokenizer, 12)
+    assert everything == LongCaptions(10, 80, 80, 12)
+    assert str(everything) == "captions over the 12-token context: 10 of 80 (12.5%)"
+    assert count_long_captions(records, tokenizer, 30).n_long == 0  # the given context counts
+    sample = count_long_captions(records, tokenizer, 12, limit=75, seed=1)
+    assert (sample.n_checked, sample.n_total) == (75, 80) and 5 <= sample.n_long <= 10
+    assert count_long_captions(records, tokenizer, 12, limit=75, seed=1) == sample
+    share = f"{sample.n_long / 75:.1%}"
+    assert str(sample) == (
+        f"captions over the 12-token context: {sample.n_long} of a random 75 of 80 ({share})"
+    )
+    assert count_long_captions(records, byte_tokenizer, 12) is None

@@ -54,6 +54,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         (["--steps", "ten"], "--steps"),
         (["--model", "no-such-model"], "--model"),
         (["--objective", "siglip"], "--objective"),
+        (["--caption-fit", "words"], "--caption-fit"),
+        (["--wds-resampled"], "--wds-resampled"),  # the built-in scenes are no shards
         (["--train-data", "/no/such.csv"], "--train-data"),
         (["--resume", "latest"], "--resume"),
         (["--preset", "vit-h"], "--preset"),
@@ -175,6 +177,30 @@ def test_mixed_precision_runs_on_cpu(precision: str, scenes, tmp_path) -> None:
     train.main(flags(scenes, tmp_path, precision, "--steps", "2", "--precision", precision))
     rows = read_csv(tmp_path / precision / "train.csv")
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+
+
+@pytest.mark.parametrize("caption_fit", ["truncate", "sentences"])
+def test_captions_over_the_context_are_reported_and_counted(
+    caption_fit: str, scenes, tmp_path, capsys
+) -> None:
+    rows = read_csv(Path(scenes[0]))
+    for row in rows:  # one sentence of 300 words: cut in either mode
+        row["title"] = " ".join(["a red circle"] * 100)
+    path = Path(scenes[0]).with_name(f"long_{caption_fit}.csv")
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    train.main(
+        flags(
+            (str(path), scenes[1]), tmp_path, "long", "--steps", "2", "--caption-fit", caption_fit
+        )
+    )
+    out = capsys.readouterr().out
+    line = f"captions over the 77-token context: {len(rows)} of {len(rows)} (100.0%)"
+    assert f"{line}; --caption-fit {caption_fit}" in out
+    logged = read_csv(tmp_path / "long" / "train.csv")
+    assert [int(r["truncated_captions"]) for r in logged] == [8, 16]  # batch 8, cumulative
 
 
 @pytest.mark.slow
