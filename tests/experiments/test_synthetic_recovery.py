@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import synthetic_recovery
+import torch
 
 import sweep
 from smartclip.cli import parse_config
