@@ -76,7 +76,8 @@ def _converter(tp: Any) -> Callable[[str], Any]:
 def build_parser(
     cls: type, presets: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
 ) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per dataclass field (defaults left as None sentinels)."""
+    """An argparse parser with one flag per dataclass field; a flag not given is absent from the
+    parsed namespace (so an explicit "none" can override a preset's value)."""
     parser = _OneLineParser(**kwargs)
     if presets:
         parser.add_argument("--preset", choices=sorted(presets), help="named set of overrides")
@@ -92,7 +93,7 @@ def build_parser(
             parser.add_argument(
                 flag_name(f.name),
                 action=argparse.BooleanOptionalAction,
-                default=None,
+                default=argparse.SUPPRESS,
                 help=help_text,
             )
             continue
@@ -106,7 +107,11 @@ def build_parser(
 
         typed.__name__ = tp.__name__ if isinstance(tp, type) else "value"
         parser.add_argument(
-            flag_name(f.name), type=typed, default=None, metavar=f.name.upper(), help=help_text
+            flag_name(f.name),
+            type=typed,
+            default=argparse.SUPPRESS,
+            metavar=f.name.upper(),
+            help=help_text,
         )
     return parser
 
@@ -120,7 +125,7 @@ def config_from_args(
     if preset:
         values.update((presets or {})[preset])
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values.update({k: v for k, v in vars(args).items() if k in names})  # given flags only
     return cls(**values)
 
 

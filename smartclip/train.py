@@ -111,24 +111,23 @@ def probe_images(dataset: torch.utils.data.Dataset) -> None:
 
 
 @contextmanager
-def discarded_on_error(run_dir: Path, is_main: bool) -> Iterator[None]:
+def discarded_on_error(run_dir: Path) -> Iterator[None]:
     """Remove the run folder if the block fails before any checkpoint was written: a run with
     nothing to resume leaves nothing behind (no log that looks like a result, no blocked name)."""
     try:
         yield
     except BaseException:
-        if is_main and not any((run_dir / "checkpoints").glob("*.pt")):
+        if dist.rank() == 0 and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run training as configured; returns the run directory."""
+def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
+    """Run training as configured into `run_dir` (resuming from `resume`); returns `run_dir`."""
     env = dist.init_distributed(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    run_dir, resume = run_directory(cfg)
     ckpt_dir = run_dir / "checkpoints"
     accum = cfg.accumulation(env.world_size)
 
@@ -238,42 +237,39 @@ def train(cfg: TrainConfig) -> Path:
     if env.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1) + "\n")
-    with discarded_on_error(run_dir, env.is_main):
-        log = RunLog(run_dir, env.is_main, progress["step"])
-        watch = CollapseWatch()
+    log = RunLog(run_dir, env.is_main, progress["step"])
+    watch = CollapseWatch()
 
-        def checkpoint(path: Path) -> None:
-            progress.update(epoch=stream.epoch, position=stream.position)
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "progress": dict(progress),
-                "rng": rng_state(),
-                "model_name": cfg.model,
-                "context_length": cfg.context_length,
-                "config": asdict(cfg),
-            }
-            if env.is_main:
-                atomic_save(state, path)
-
-        def validate(step: int) -> dict[str, float]:
-            metrics = evaluate_retrieval(
-                model, eval_set, tokenizer, transform, env.device, autocast
-            )
-            log.write("val", step, metrics)
-            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-            return metrics
-
+    def checkpoint(path: Path) -> None:
+        progress.update(epoch=stream.epoch, position=stream.position)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "progress": dict(progress),
+            "rng": rng_state(),
+            "model_name": cfg.model,
+            "context_length": cfg.context_length,
+            "config": asdict(cfg),
+        }
         if env.is_main:
-            print(
-                f"training {cfg.model} ({cfg.objective}) for {total_steps} steps "
-                f"({steps_per_epoch}/epoch) on {env.world_size} × {env.device}, batch "
-                f"{cfg.batch_size} × {accum} accumulated × {env.world_size} = "
-                f"{cfg.batch_size * accum * env.world_size}; logs in {run_dir}"
-            )
-        pbar = tqdm(total=total_steps, initial=progress["step"], disable=not env.is_main)
+            atomic_save(state, path)
+
+    def validate(step: int) -> dict[str, float]:
+        metrics = evaluate_retrieval(model, eval_set, tokenizer, transform, env.device, autocast)
+        log.write("val", step, metrics)
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+        return metrics
+
+    if env.is_main:
+        print(
+            f"training {cfg.model} ({cfg.objective}) for {total_steps} steps "
+            f"({steps_per_epoch}/epoch) on {env.world_size} × {env.device}, batch "
+            f"{cfg.batch_size} × {accum} accumulated × {env.world_size} = "
+            f"{cfg.batch_size * accum * env.world_size}; logs in {run_dir}"
+        )
+    with tqdm(total=total_steps, initial=progress["step"], disable=not env.is_main) as pbar:
         metrics: dict[str, float] = {}
         last_eval, bad_in_a_row = -1, 0
         tick, rows_since = time.perf_counter(), 0
@@ -339,34 +335,36 @@ def train(cfg: TrainConfig) -> Path:
                     checkpoint(ckpt_dir / f"epoch_{finished}.pt")
             if (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == total_steps:
                 checkpoint(ckpt_dir / "latest.pt")
-        pbar.close()
 
-        if eval_set is not None and last_eval != progress["step"]:
-            metrics = validate(progress["step"])
-        export = run_dir / "export" / EXPORT_WEIGHTS_NAME
-        if env.is_main:
-            export_open_clip(ckpt_dir / "latest.pt", export.parent)
-            print(
-                f"run:          {run_dir}\n"
-                f"checkpoints:  {ckpt_dir} (resume: --name {run_dir.name} --resume latest; "
-                "export any: python -m smartclip.export --checkpoint PATH)\n"
-                f"logs:         {run_dir / 'train.csv'}, {run_dir / 'val.csv'}, "
-                f"tensorboard --logdir {run_dir / 'tensorboard'}\n"
-                f"open_clip:    {export} (open_clip.create_model('{cfg.model}', pretrained=PATH, "
-                f"force_context_length={cfg.context_length}))"
-            )
-            if metrics:
-                print("retrieval:    " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
-        log.close()
-        dist.barrier()
-        dist.cleanup()
+    if eval_set is not None and last_eval != progress["step"]:
+        metrics = validate(progress["step"])
+    export = run_dir / "export" / EXPORT_WEIGHTS_NAME
+    if env.is_main:
+        export_open_clip(ckpt_dir / "latest.pt", export.parent)
+        print(
+            f"run:          {run_dir}\n"
+            f"checkpoints:  {ckpt_dir} (resume: --name {run_dir.name} --resume latest; "
+            "export any: python -m smartclip.export --checkpoint PATH)\n"
+            f"logs:         {run_dir / 'train.csv'}, {run_dir / 'val.csv'}, "
+            f"tensorboard --logdir {run_dir / 'tensorboard'}\n"
+            f"open_clip:    {export} (open_clip.create_model('{cfg.model}', pretrained=PATH, "
+            f"force_context_length={cfg.context_length}))"
+        )
+        if metrics:
+            print("retrieval:    " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()))
+    log.close()
+    dist.barrier()
+    dist.cleanup()
     return run_dir
 
 
 def run(cfg: TrainConfig) -> Path:
-    """`train`, turning a `RunError` into one line on stderr and exit status 1."""
+    """`train` in its run folder, turning a `RunError` into one line on stderr and exit status 1;
+    a run that stops before its first checkpoint leaves no folder."""
     try:
-        return train(cfg)
+        run_dir, resume = run_directory(cfg)
+        with discarded_on_error(run_dir):
+            return train(cfg, run_dir, resume)
     except RunError as err:
         dist.cleanup()
         print(f"smartclip.train: error: {err}", file=sys.stderr)

@@ -241,3 +241,129 @@ def test_no_argument_run_renders_scenes_pretrains_fine_tunes_and_exports(
     text = open_clip.get_tokenizer(TINY_MODEL, context_length=248)(["a red star", "a circle"])
     torch.testing.assert_close(exported.encode_image(x, normalize=True), model.encode_image(x))
     torch.testing.assert_close(exported.encode_text(text, normalize=True), model.encode_text(text))
+
+
+# ---------------------------------------------------------------------------- failing loudly
+
+
+def broken_copy(csv_path: str, out: Path, every: int) -> str:
+    """The caption file with every `every`-th image's path pointing nowhere (1: all)."""
+    rows = read_csv(Path(csv_path))
+    root = Path(csv_path).parent
+    for row in rows:
+        broken = int(row["image_id"]) % every == 0
+        row["filepath"] = (
+            f"missing/{row['image_id']}.png" if broken else str(root / row["filepath"])
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "captions.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(out / "captions.csv")
+
+
+def stops_with(argv: list[str], capsys) -> str:
+    """Run the trainer; it must exit with status 1 and one stderr line, which is returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[-1].startswith("smartclip.train: error: ")
+    return lines[-1]
+
+
+def test_every_image_missing_stops_at_once_and_leaves_nothing(scenes, tmp_path, capsys) -> None:
+    """It used to exit 0 after training no step, with an untrained export."""
+    data = broken_copy(scenes[0], tmp_path / "data", every=1)
+    argv = flags((data, scenes[1]), tmp_path / "runs", "lost", "--steps", "3")
+    assert "none of the first" in stops_with(argv, capsys)
+    assert not (tmp_path / "runs" / "lost").exists()
+    train.main(flags(scenes, tmp_path / "runs", "lost", "--steps", "1"))  # the name is free
+    assert (tmp_path / "runs" / "lost" / "export" / EXPORT_WEIGHTS_NAME).is_file()
+
+
+def test_mostly_missing_images_stop_at_the_skipped_share_bound(scenes, tmp_path, capsys) -> None:
+    data = broken_copy(scenes[0], tmp_path / "data", every=2)  # half of the images
+    argv = flags((data, scenes[1]), tmp_path / "runs", "half", "--steps", "10")
+    line = stops_with(argv, capsys)
+    assert "--max-skipped-share 0.05" in line and "unreadable" in line
+    assert not (tmp_path / "runs" / "half").exists()
+    train.main([*argv, "--max-skipped-share", "0.6"])  # a bound the user chose
+    rows = read_csv(tmp_path / "runs" / "half" / "train.csv")
+    assert int(rows[-1]["skipped_images"]) > 0
+
+
+def test_an_empty_evaluation_set_is_one_line(scenes, tmp_path, capsys) -> None:
+    val = broken_copy(scenes[1], tmp_path / "val", every=1)
+    line = stops_with(flags((scenes[0], val), tmp_path / "runs", "e", "--steps", "1"), capsys)
+    assert "evaluation set is empty" in line
+    assert not (tmp_path / "runs" / "e").exists()
+
+
+def nan_from(first_bad: int, last_bad: int | None = None):
+    """An objective factory whose loss is NaN on calls first_bad..last_bad (1-based)."""
+    real, calls = train.objective_from_config, []
+
+    def factory(cfg):
+        objective = real(cfg)
+
+        def poisoned(*args, **kwargs):
+            out = objective(*args, **kwargs)
+            calls.append(1)
+            if first_bad <= len(calls) and (last_bad is None or len(calls) <= last_bad):
+                out.total = out.total * float("nan")
+            return out
+
+        return poisoned
+
+    return factory
+
+
+def test_non_finite_steps_are_skipped_and_counted(scenes, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(train, "objective_from_config", nan_from(2, 3))
+    train.main(flags(scenes, tmp_path, "nan", "--steps", "5"))
+    rows = read_csv(tmp_path / "nan" / "train.csv")
+    assert [int(r["nonfinite_steps"]) for r in rows] == [0, 1, 2, 2, 2]
+    state = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_persistent_non_finite_steps_stop_with_the_last_good_checkpoint(
+    scenes, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr(train, "objective_from_config", nan_from(3))
+    argv = flags(scenes, tmp_path, "bad", "--steps", "20", "--save-every-steps", "2")
+    line = stops_with([*argv, "--max-nonfinite-steps", "3"], capsys)
+    assert "3 consecutive steps up to step 5" in line
+    state = torch.load(tmp_path / "bad" / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["progress"]["step"] == 4  # steps 3 and 4 skipped: the weights of step 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "bad" / "export").exists()
+
+
+def test_global_batch_sets_the_accumulation_as_the_release_does(scenes, tmp_path, capsys) -> None:
+    cfg = train.TrainConfig(batch_size=128, global_batch=1024)
+    assert [cfg.accumulation(w) for w in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
+    assert train.TrainConfig(accum_freq=3).accumulation(8) == 3
+    argv = flags(scenes, tmp_path, "acc", "--steps", "1", "--global-batch", "16")
+    capsys.readouterr()
+    train.main([*argv, "--accum-freq", "none"])
+    assert "batch 8 × 2 accumulated × 1 = 16" in capsys.readouterr().out
+
+
+def test_val_split_keeps_one_split_of_a_karpathy_file(tmp_path) -> None:
+    files = write_dataset(tmp_path / "k", 30, ("csv", "karpathy"))
+    karpathy = files["train"].annotations["karpathy"]
+    cfg = train.TrainConfig(val_data=karpathy, val_split="val")
+    fmt, options = train.data_options(cfg, karpathy, cfg.val_split)
+    assert options["split"] == "val"
+    val = train.build_eval_set(karpathy, fmt, **options)
+    assert len(val.images) == len(files["val"].images) < 30
+
+
+def test_mask_health_is_logged_for_smartclip(scenes, tmp_path) -> None:
+    train.main(flags(scenes, tmp_path, "health", "--steps", "2"))
+    rows = read_csv(tmp_path / "health" / "train.csv")
+    assert all(0 <= float(r["mask_varying"]) <= 64 and float(r["mask_on"]) > 0 for r in rows)
