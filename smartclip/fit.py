@@ -16,13 +16,16 @@ from pathlib import Path
 import torch
 
 from smartclip.cli import require
-from smartclip.encoders import SyntheticCLIP
+from smartclip.encoders import TEXT_ENCODERS, SyntheticCLIP
 from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, build_objective
 from smartclip.masknet import CollapseWatch
 from smartclip.optim import cosine_lr
 from smartclip.runlog import RunLog
 from synthetic.seeding import seed_for, stream
+from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld
 from synthetic.worlds import Batch, World
+
+AnyWorld = World | TokenWorld
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class TrainSettings:
     mask_hard: bool = True
     mask_detach: bool = True
     log_every: int = 100
+    text_encoder: str = "mlp"
+    hard_negatives: tuple[str, ...] = ()
+    negative_k: int = 1
 
     def __post_init__(self) -> None:
         positive = (
@@ -68,6 +74,12 @@ class TrainSettings:
         require(len(self.loss_weights) == 3, "loss_weights", "needs 3 values: sidm,dism,sparsity")
         require(self.sparsity in SPARSITY_FORMS, "sparsity", f"choose one of {SPARSITY_FORMS}")
         require(self.mask_norm_floor >= 0, "mask_norm_floor", "must be non-negative")
+        require(self.text_encoder in TEXT_ENCODERS, "text_encoder", f"one of {TEXT_ENCODERS}")
+        unknown = set(self.hard_negatives) - set(OPERATORS)
+        require(
+            not unknown, "hard_negatives", f"unknown {sorted(unknown)}; choose from {OPERATORS}"
+        )
+        require(self.negative_k >= 1, "negative_k", "must be at least 1")
 
     def settings(self) -> dict:
         """The TrainSettings fields of this config (for building a FitConfig from a sweep's)."""
@@ -90,12 +102,12 @@ class FitConfig(TrainSettings):
         )
 
 
-def build_model(world: World, cfg: FitConfig) -> SyntheticCLIP:
+def build_model(world: AnyWorld, cfg: FitConfig) -> SyntheticCLIP:
     """A fresh model, its weights drawn from the stream (cfg.seed, "init")."""
     torch.manual_seed(seed_for(cfg.seed, "init"))
     return SyntheticCLIP(
         world.x_dim,
-        world.t_dim,
+        world.text_input,
         embed_dim=cfg.embed_dim,
         hidden=cfg.hidden,
         depth=cfg.depth,
@@ -105,25 +117,38 @@ def build_model(world: World, cfg: FitConfig) -> SyntheticCLIP:
         mask_detach=cfg.mask_detach,
         logit_scale=cfg.logit_scale,
         learn_logit_scale=cfg.learn_logit_scale,
+        text_encoder=cfg.text_encoder,
     )
 
 
-def training_batch(world: World, cfg: FitConfig, step: int) -> Batch:
+def training_batch(world: AnyWorld, cfg: FitConfig, step: int) -> Batch | TokenBatch:
     """The batch of training step `step`: `cfg.batch_size` samples from stream (seed, "train",
-    step)."""
-    return world.sample(cfg.batch_size, stream(cfg.seed, "train", step))
+    step). With `cfg.hard_negatives`, every caption also gets one mined hard negative,
+    NegCLIP-style: an operator drawn uniformly from that list, applied `cfg.negative_k` times
+    (worlds with composition operators only)."""
+    gen = stream(cfg.seed, "train", step)
+    batch = world.sample(cfg.batch_size, gen)
+    if cfg.hard_negatives:
+        if not isinstance(world, TokenWorld):
+            raise ValueError("hard negatives need a world with composition operators")
+        pick = torch.randint(len(cfg.hard_negatives), (cfg.batch_size,), generator=gen)
+        ops = [cfg.hard_negatives[i] for i in pick.tolist()]
+        negatives = world.hard_negatives(batch.scenes, ops, cfg.negative_k, gen)
+        batch.t_neg = world.negative_captions(batch, [[s] for s in negatives])
+    return batch
 
 
 def held_out_batch(
-    world: World, n: int, seed: int, index: int = 0, mask: tuple[int, ...] | None = None
-) -> Batch:
+    world: AnyWorld, n: int, seed: int, index: int = 0, mask: tuple[int, ...] | None = None
+) -> Batch | TokenBatch:
     """Evaluation set `index` of run `seed`: n samples from stream (seed, "eval", index), with
     every caption fixed to `mask` if given; never a training batch (`training_batch`)."""
-    return world.sample(n, stream(seed, "eval", index), mask)
+    gen = stream(seed, "eval", index)
+    return world.sample(n, gen) if mask is None else world.sample(n, gen, mask)
 
 
 def fit(
-    world: World,
+    world: AnyWorld,
     cfg: FitConfig,
     on_step: Callable[[int, dict[str, float], SyntheticCLIP], None] | None = None,
     log_dir: Path | None = None,
@@ -146,7 +171,7 @@ def fit(
     watch = CollapseWatch()
     for step in range(cfg.steps):
         batch = training_batch(world, cfg, step)
-        out = objective(model(batch.x, batch.t), model.logit_scale)
+        out = objective(model(batch.x, batch.t, batch.t_neg), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         lr = sched.get_last_lr()[0]

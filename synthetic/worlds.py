@@ -140,6 +140,7 @@ class Batch:
     m: torch.Tensor  # [n, K] caption mask, 0/1 floats
     s_img: torch.Tensor  # [n, img_nuisance_dim]
     s_txt: torch.Tensor  # [n, txt_nuisance_dim]
+    t_neg: torch.Tensor | None = None  # hard-negative captions: this world defines none
 
 
 @dataclass
@@ -167,6 +168,11 @@ class World:
     @property
     def t_dim(self) -> int:
         return self.config.latent_dim + self.config.n_blocks + self.config.txt_nuisance_dim
+
+    @property
+    def text_input(self) -> int:
+        """What a text tower reads: a caption vector of `t_dim` entries."""
+        return self.t_dim
 
     def latent_cov(self) -> torch.Tensor:
         """Σ with unit variances and corr(z_a[j], z_b[j]) = latent_corr for blocks a ≠ b: a direct
