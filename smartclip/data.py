@@ -169,31 +169,50 @@ def load_csv(
     root, skip = _root(path, image_root), _Skips(path)
     keys = [img_key, caption_key] + ([id_key] if id_key else [])
     entries = []
+    for _, row in _csv_rows(path, keys, skip, sep=sep):
+        image = row[img_key]
+        entries.append((row[id_key] if id_key else image, root / image, row[caption_key]))
+    skip.summary()
+    return Annotations(_group(entries), skip.count)
+
+
+def _csv_rows(
+    path: Path,
+    required: Sequence[str],
+    skip: _Skips,
+    *,
+    sep: str = ",",
+    optional: Sequence[str] = (),
+) -> Iterator[tuple[int, dict[str, str | None]]]:
+    """The rows of a CSV/TSV file with a header: (line number, ``{column: stripped text}`` over
+    the ``required`` and ``optional`` columns; an empty or absent optional field is None).
+
+    Raises ValueError if a required column is not in the header. Rows that cannot be parsed, have
+    more fields than the header, an empty or missing required field or invalid UTF-8 are passed to
+    ``skip``.
+    """
     with path.open(newline="", encoding="utf-8", errors="replace") as fh:
         reader = csv.DictReader(fh, delimiter=sep)
-        missing = set(keys) - set(reader.fieldnames or ())
+        missing = set(required) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}; has {reader.fieldnames}")
         while True:
             try:
                 row = next(reader)
             except StopIteration:
-                break
+                return
             except csv.Error as err:
                 skip(f"row at line {reader.line_num}", str(err))
                 continue
-            values = [_text(row[k]) for k in keys]
+            values = {k: _text(row.get(k)) for k in (*required, *optional)}
             if None in row:
                 skip(f"row at line {reader.line_num}", "more fields than the header")
-            elif None in values:
-                skip(f"row at line {reader.line_num}", f"empty or missing {keys} field")
-            elif any("\ufffd" in v for v in values):
+            elif any(values[k] is None for k in required):
+                skip(f"row at line {reader.line_num}", f"empty or missing {list(required)} field")
+            elif any("\ufffd" in v for v in values.values() if v is not None):
                 skip(f"row at line {reader.line_num}", "invalid UTF-8")
             else:
-                image, caption = values[0], values[1]
-                entries.append((values[2] if id_key else image, root / image, caption))
-    skip.summary()
-    return Annotations(_group(entries), skip.count)
+                yield reader.line_num, values
 
 
 def load_sharegpt4v(path: str | Path, *, image_root: str | Path | None = None) -> Annotations:

@@ -8,17 +8,23 @@
   normalise(mean_templates normalise(f_T(template(c)))); top-1 / top-5 accuracy.
 - With `--latents` (the built-in scenes' `latents.npz`): held-out kernel-ridge R² of each ground-
   truth scene attribute from the image embedding, the pixel-level identifiability check.
+- Hard negatives (`smartclip.hard_negatives`): SugarCrepe's seven categories (`--sugarcrepe`) and
+  our `hard_negatives.csv` (`--hard-negatives`): percent of items where the image is closer to
+  its caption than to the edited caption (text side) and, where an image of the edited caption
+  exists, the caption closer to its image than to that one (image side); per category, per
+  category and number of edits k, and the mean over categories.
 
 Embeddings are the UNMASKED, normalised ones (a SmartCLIP mask network is a training device).
 With no arguments it evaluates the latest no-argument training run (`python -m smartclip.train`:
-the tiny CLIP and SmartCLIP exports) on the held-out scenes, side by side, and writes JSON.
+the tiny CLIP and SmartCLIP exports) on the held-out scenes, side by side (with their
+`hard_negatives.csv` when the scenes have one), and writes JSON.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +38,14 @@ from smartclip.cli import ConfigError, parse_config, require
 from smartclip.data import FORMATS, EvalSet, annotation_options, build_eval_set
 from smartclip.distributed import resolve_device
 from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.hard_negatives import (
+    SUGARCREPE_GROUPS,
+    HardNegatives,
+    hard_negative_report,
+    load_hard_negatives_csv,
+    load_sugarcrepe,
+    wins,
+)
 from smartclip.model import (
     TINY_MODEL,
     SmartCLIPModel,
@@ -41,11 +55,13 @@ from smartclip.model import (
 )
 from synthetic.scenes import load_latents
 
+PROG = "python -m smartclip.eval"
 TEMPLATES = ("a photo of a {}.", "a {}.", "an image of a {}.", "a picture of a {}.")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # scene attributes whose R² is reported: continuous ones of the scene and of its first object
 SCENE_ATTRIBUTES = ("n_objects", "bg_r", "bg_g", "bg_b", "obj0_r", "obj0_g", "obj0_b")
 SCENE_ATTRIBUTES += ("obj0_size", "obj0_x", "obj0_y")
+TASKS = ("retrieval", "zeroshot", "latent_r2", "sugarcrepe", "hard_negatives")  # result keys
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,16 @@ class EvalConfig:
     latents: str | None = field(default=None, metadata={"help": "scenes latents.npz for R²"})
     zeroshot_dir: str | None = field(default=None, metadata={"help": "folder of class folders"})
     templates: tuple[str, ...] = field(default=TEMPLATES, metadata={"help": "zero-shot prompts"})
+    sugarcrepe: str | None = field(
+        default=None, metadata={"help": "folder of SugarCrepe's <category>.json files"}
+    )
+    sugarcrepe_image_root: str | None = field(
+        default=None,
+        metadata={"help": "folder of SugarCrepe's COCO val2017 images (None: --image-root)"},
+    )
+    hard_negatives: str | None = field(
+        default=None, metadata={"help": "hard_negatives.csv of the built-in scenes' format"}
+    )
     batch_size: int = 128
     device: str = field(default="auto", metadata={"help": "auto: cuda if available"})
     precision: str = field(default="fp32", metadata={"help": "fp32, amp or amp_bf16"})
@@ -90,14 +116,17 @@ class EvalConfig:
         for path in self.pretrained:
             require(Path(path).is_file(), "pretrained", f"no such local file {path!r}")
         require(self.dataset_type in ("auto", *FORMATS), "dataset_type", f"auto or {FORMATS}")
-        for name in ("data", "latents"):
+        for name in ("data", "latents", "hard_negatives"):
             value = getattr(self, name)
             ok = value is None or ".tar" in value or Path(value).is_file()
             require(ok, name, f"no such file {value!r}")
+        for name in ("image_root", "zeroshot_dir", "sugarcrepe", "sugarcrepe_image_root"):
+            value = getattr(self, name)
+            require(value is None or Path(value).is_dir(), name, f"no such folder {value!r}")
         require(
-            self.zeroshot_dir is None or Path(self.zeroshot_dir).is_dir(),
-            "zeroshot_dir",
-            f"no such folder {self.zeroshot_dir!r}",
+            self.sugarcrepe is None or (self.sugarcrepe_image_root or self.image_root) is not None,
+            "sugarcrepe_image_root",
+            "--sugarcrepe needs the COCO val2017 image folder (or --image-root)",
         )
         require(self.latents is None or self.data is not None, "latents", "needs --data")
         require(all("{}" in t for t in self.templates), "templates", "each needs a {} slot")
@@ -188,6 +217,19 @@ def evaluate_retrieval(
     return retrieval_metrics(images, texts, eval_set.text_to_image)
 
 
+def image_set(images: Sequence[Path], labels: Sequence[int] = ()) -> EvalSet:
+    """An EvalSet of images alone, for `encode_images` (class labels, if any, in
+    `text_to_image`'s place)."""
+    return EvalSet(
+        images=tuple(images),
+        image_ids=tuple(str(p) for p in images),
+        captions=(),
+        text_to_image=torch.tensor(labels, dtype=torch.long),
+        n_malformed=0,
+        n_bad_images=0,
+    )
+
+
 def zeroshot_set(folder: str | Path) -> tuple[EvalSet, list[str]]:
     """Images of `folder/<class>/*` as an EvalSet (labels in `text_to_image`'s place) and the
     class names (folder names, underscores as spaces), sorted."""
@@ -200,15 +242,7 @@ def zeroshot_set(folder: str | Path) -> tuple[EvalSet, list[str]]:
         labels += [label] * len(files)
     if not images:
         raise ConfigError("zeroshot_dir", f"no class folders with images in {folder}")
-    eval_set = EvalSet(
-        images=tuple(images),
-        image_ids=tuple(str(p) for p in images),
-        captions=(),
-        text_to_image=torch.tensor(labels, dtype=torch.long),
-        n_malformed=0,
-        n_bad_images=0,
-    )
-    return eval_set, [p.name.replace("_", " ") for p in classes]
+    return image_set(images, labels), [p.name.replace("_", " ") for p in classes]
 
 
 def zeroshot_metrics(
@@ -249,6 +283,65 @@ def evaluate_zeroshot(
     }
 
 
+def evaluate_hard_negatives(
+    model: SmartCLIPModel,
+    tokenizer: Callable,
+    transform: Callable,
+    benchmark: HardNegatives,
+    device: torch.device,
+    autocast: Callable,
+    batch_size: int = 128,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> dict:
+    """Text-side and image-side accuracy of `benchmark` as `hard_negative_report` gives it
+    (per category, per category@k, means over categories and `groups`), with `"skipped"` the
+    malformed entries and items with unreadable images; each distinct image and text is encoded
+    once."""
+    items = benchmark.items
+    images = list(
+        dict.fromkeys(p for x in items for p in (x.image, x.negative_image) if p is not None)
+    )
+    texts = list(dict.fromkeys(t for x in items for t in (x.caption, x.negative)))
+    image_features = encode_images(
+        model, image_set(images), transform, device, autocast, batch_size
+    )
+    text_features = encode_texts(model, tokenizer, texts, device, autocast, batch_size)
+    image_row = {p: n for n, p in enumerate(images)}
+    text_row = {t: n for n, t in enumerate(texts)}
+    image = image_features[[image_row[x.image] for x in items]]
+    caption = text_features[[text_row[x.caption] for x in items]]
+    negative = text_features[[text_row[x.negative] for x in items]]
+    text_wins = wins(image, caption, negative)
+    image_wins = torch.full_like(text_wins, torch.nan)
+    paired = [n for n, x in enumerate(items) if x.negative_image is not None]
+    if paired:
+        negative_image = image_features[[image_row[items[n].negative_image] for n in paired]]
+        image_wins[paired] = wins(caption[paired], image[paired], negative_image)
+    return {
+        **hard_negative_report(items, text_wins, image_wins, groups),
+        "skipped": benchmark.n_malformed + benchmark.n_bad_images,
+    }
+
+
+def hard_negative_sets(cfg: EvalConfig) -> dict[str, HardNegatives]:
+    """The hard-negative benchmarks the config names, read once for every weights file, keyed
+    by their field; a file that cannot be used raises ConfigError naming its flag."""
+    readers = {
+        "sugarcrepe": lambda: load_sugarcrepe(
+            cfg.sugarcrepe, cfg.sugarcrepe_image_root or cfg.image_root
+        ),
+        "hard_negatives": lambda: load_hard_negatives_csv(cfg.hard_negatives),
+    }
+    sets = {}
+    for name, read in readers.items():
+        if getattr(cfg, name) is not None:
+            try:
+                sets[name] = read()
+            except ValueError as err:
+                raise ConfigError(name, str(err)) from None
+    return sets
+
+
 def latent_r2(
     image_features: torch.Tensor, image_ids: Sequence[str], latents_path: str | Path
 ) -> dict[str, float]:
@@ -261,8 +354,14 @@ def latent_r2(
     return r2_scores(image_features.cpu().numpy(), targets)
 
 
-def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device) -> dict:
-    """Every task the config names, for one weights file (None: random init)."""
+def evaluate_weights(
+    cfg: EvalConfig,
+    weights: str | None,
+    device: torch.device,
+    benchmarks: Mapping[str, HardNegatives],
+) -> dict:
+    """Every task the config names, for one weights file (None: random init); `benchmarks` are
+    the config's hard-negative sets as `hard_negative_sets` reads them."""
     try:
         clip = create_clip(cfg.model, weights, cfg.context_length).to(device)
     except ValueError as err:  # weights that are no weights or do not fit --model: one line
@@ -305,6 +404,17 @@ def evaluate_weights(cfg: EvalConfig, weights: str | None, device: torch.device)
             autocast,
             cfg.batch_size,
         )
+    for name, benchmark in benchmarks.items():
+        out[name] = evaluate_hard_negatives(
+            model,
+            tokenizer,
+            transform,
+            benchmark,
+            device,
+            autocast,
+            cfg.batch_size,
+            SUGARCREPE_GROUPS if name == "sugarcrepe" else None,
+        )
     return out
 
 
@@ -324,19 +434,31 @@ def latest_demo(runs: str | Path) -> dict[str, Path]:
 
 
 def demo_config(runs: str | Path) -> EvalConfig:
-    """The no-argument evaluation: both demo exports on the held-out scenes, with latent R²."""
+    """The no-argument evaluation: both demo exports on the held-out scenes, with latent R² and,
+    if the scenes have a `hard_negatives.csv`, its hard negatives."""
     exports = latest_demo(runs)
     run_config = json.loads((exports["smartclip"].parents[1] / "config.json").read_text())
     val = scenes_root(run_config["scenes_dir"], run_config["scenes_images"]) / "val"
+    hard_negatives = val / "hard_negatives.csv"
     return EvalConfig(
         model=run_config["model"],
         pretrained=(str(exports["clip"]), str(exports["smartclip"])),
         data=str(val / "captions.csv"),
         csv_id_key="image_id",
         latents=str(val / "latents.npz"),
+        hard_negatives=str(hard_negatives) if hard_negatives.is_file() else None,
         runs=str(runs),
         output=str(Path(runs) / "eval_scenes.json"),
     )
+
+
+def _cells(name: str, value: int | float | dict) -> Iterator[tuple[str, str]]:
+    """(row name, printed value) of one result; nested dicts give dotted row names."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _cells(f"{name}.{key}", inner)
+    else:
+        yield name, str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def print_table(results: list[dict]) -> None:
@@ -344,10 +466,9 @@ def print_table(results: list[dict]) -> None:
     names = [Path(r["weights"]).parents[1].name if r["weights"] else "random" for r in results]
     rows: dict[str, list[str]] = {}
     for n, r in enumerate(results):
-        for task in ("retrieval", "zeroshot", "latent_r2"):
-            for key, value in r.get(task, {}).items():
-                cells = rows.setdefault(f"{task}.{key}", [""] * len(results))
-                cells[n] = str(value) if isinstance(value, int) else f"{value:.3f}"
+        for task in TASKS:
+            for key, cell in _cells(task, r.get(task, {})):
+                rows.setdefault(key, [""] * len(results))[n] = cell
     width = max(map(len, rows), default=10)
     print(" " * width + "  " + "  ".join(f"{n:>28}" for n in names))
     for key, cells in rows.items():
@@ -357,13 +478,16 @@ def print_table(results: list[dict]) -> None:
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv:
-        cfg = parse_config(
-            EvalConfig, argv, prog="python -m smartclip.eval", description=__doc__.split("\n")[0]
-        )
+        cfg = parse_config(EvalConfig, argv, prog=PROG, description=__doc__.split("\n")[0])
     else:
         cfg = demo_config(EvalConfig.runs)
+    try:
+        benchmarks = hard_negative_sets(cfg)
+    except ConfigError as err:  # a file that is no benchmark: one line, as for a bad flag
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     device = resolve_device(cfg.device)
-    results = [evaluate_weights(cfg, w, device) for w in (cfg.pretrained or (None,))]
+    results = [evaluate_weights(cfg, w, device, benchmarks) for w in (cfg.pretrained or (None,))]
     print_table(results)
     output = Path(cfg.output) if cfg.output else None
     if output is not None:

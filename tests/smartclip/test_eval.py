@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -14,7 +15,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from smartclip import eval as sc_eval
+from smartclip.builtin import scenes_root
 from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.hard_negatives import (
+    SUGARCREPE_CATEGORIES,
+    HardNegative,
+    load_hard_negatives_csv,
+    load_sugarcrepe,
+)
 from smartclip.model import TINY_MODEL, create_clip
 from synthetic.scenes import write_dataset
 
@@ -165,6 +173,16 @@ def colour_tokenizer(prompts: list[str]) -> torch.Tensor:
     return torch.tensor([[next(i for i, c in enumerate(COLOURS) if c in p)] for p in prompts])
 
 
+def score_image(path: Path, scores: dict[int, int]) -> Path:
+    """A 16x1 PNG whose first pixel row holds `scores` ({position: 0-255}), zeros elsewhere:
+    ScoreModel's embedding of it."""
+    row = np.zeros((1, 16), np.uint8)
+    for position, value in scores.items():
+        row[0, position] = value
+    Image.fromarray(np.repeat(row[:, :, None], 3, axis=2)).save(path)
+    return path
+
+
 @pytest.mark.parametrize("templates", [("a {}.",), ("a {}.", "a photo of a {}.")])
 def test_zeroshot_on_a_class_folder_with_known_predictions(tmp_path, templates):
     """Seven classes; each image ranks its own class 1st, 2nd, 5th or 6th, so top-1 and top-5
@@ -179,12 +197,8 @@ def test_zeroshot_on_a_class_folder_with_known_predictions(tmp_path, templates):
         for i, rank in enumerate(image_ranks):
             others = [c for c in range(len(COLOURS)) if c != own]
             order = others[: rank - 1] + [own] + others[rank - 1 :]  # best first
-            row = np.zeros((1, 16), np.uint8)
-            for place, c in enumerate(order):
-                row[0, c] = 250 - 30 * place
-            Image.fromarray(np.repeat(row[:, :, None], 3, axis=2)).save(
-                tmp_path / name / f"{i}.png"
-            )
+            scores = {c: 250 - 30 * place for place, c in enumerate(order)}
+            score_image(tmp_path / name / f"{i}.png", scores)
     (tmp_path / "notes.txt").write_text("not a class")
     cpu = torch.device("cpu")
     got = sc_eval.evaluate_zeroshot(
@@ -216,6 +230,11 @@ def test_zeroshot_cli_on_real_weights_counts_classes_and_images(tiny_weights, tm
         (["--templates", "a photo"], "--templates"),
         (["--latents", "x.npz"], "--latents"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--image-root", "/no/such/folder"], "--image-root"),
+        (["--sugarcrepe", "/no/such/folder"], "--sugarcrepe"),
+        (["--sugarcrepe", "."], "--sugarcrepe-image-root"),  # where are the COCO images?
+        (["--sugarcrepe", ".", "--sugarcrepe-image-root", "/no/such"], "--sugarcrepe-image-root"),
+        (["--hard-negatives", "/no/hard_negatives.csv"], "--hard-negatives"),
     ],
 )
 def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
@@ -271,3 +290,231 @@ def test_same_numbers_as_the_clip_benchmark_package(tiny_weights, scenes):
     for k in (1, 5, 10):
         assert ours[f"t2i_r{k}"] == pytest.approx(100 * theirs[f"image_retrieval_recall@{k}"])
         assert ours[f"i2t_r{k}"] == pytest.approx(100 * theirs[f"text_retrieval_recall@{k}"])
+
+
+# ---------------------------------------------------------------------------- hard negatives
+
+
+def long_captions(captions_csv: str | Path) -> dict[str, str]:
+    """{image path as written: its long caption} of a scenes captions.csv."""
+    with open(captions_csv, newline="") as fh:
+        return {r["filepath"]: r["title"] for r in csv.DictReader(fh) if r["level"] == "long"}
+
+
+def write_csv(path: Path, rows: list[tuple]) -> Path:
+    """A hard_negatives.csv of `rows`, quoted as needed."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filepath", "caption", "negative", "category", "k", "negative_filepath"])
+        writer.writerows(rows)
+    return path
+
+
+def test_sugarcrepe_reader_counts_malformed_entries_and_leaves_out_missing_categories(
+    tmp_path, caplog
+):
+    coco = tmp_path / "val2017"
+    coco.mkdir()
+    for name in ("000000000001.jpg", "000000000002.jpg"):
+        Image.new("RGB", (4, 4), "red").save(coco / name, format="PNG")  # a name is just a name
+    good = {"filename": "000000000001.jpg", "caption": "a cat on a mat", "negative_caption": "x"}
+    folder = tmp_path / "sugar_crepe"
+    folder.mkdir()
+    add_obj = {
+        "0": good,
+        "1": {"filename": "000000000002.jpg", "caption": "a dog"},  # no negative caption
+        "2": "not an entry",
+        "3": {**good, "caption": "  "},  # empty caption
+        "4": {**good, "filename": "000000000009.jpg"},  # no such image
+    }
+    swap_att = {"0": {**good, "filename": "000000000002.jpg", "negative_caption": "a mat on a cat"}}
+    (folder / "add_obj.json").write_text(json.dumps(add_obj))
+    (folder / "swap_att.json").write_text(json.dumps(swap_att))
+
+    got = load_sugarcrepe(folder, coco)
+    assert got.items == (
+        HardNegative(coco / "000000000001.jpg", "a cat on a mat", "x", "add_obj"),
+        HardNegative(coco / "000000000002.jpg", "a cat on a mat", "a mat on a cat", "swap_att"),
+    )
+    assert (got.n_malformed, got.n_bad_images) == (3, 1)
+    missing = set(SUGARCREPE_CATEGORIES) - {"add_obj", "swap_att"}
+    assert all(f"no {c}.json" in caplog.text for c in missing)
+
+    only = load_sugarcrepe(folder, coco, categories=("swap_att",))
+    assert [x.category for x in only.items] == ["swap_att"] and only.n_malformed == 0
+    with pytest.raises(ValueError, match="unknown SugarCrepe categories"):
+        load_sugarcrepe(folder, coco, categories=("swap_obj", "count"))
+    with pytest.raises(ValueError, match="none of SugarCrepe's files"):
+        load_sugarcrepe(folder, coco, categories=("replace_rel",))
+    (folder / "swap_att.json").write_text(json.dumps([good]))
+    with pytest.raises(ValueError, match="swap_att.json: SugarCrepe files are JSON objects"):
+        load_sugarcrepe(folder, coco)
+
+
+class CountingScoreModel(ScoreModel):
+    """ScoreModel that counts the images and texts it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images = self.texts = 0
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return super().encode_image(x)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.texts += len(tokens)
+        return super().encode_text(tokens)
+
+
+def test_hard_negative_accuracy_with_known_embeddings(tmp_path):
+    """ScoreModel embeds red/blue/green captions as one-hots and each image as the scores in its
+    first row, so every comparison is known: the four images below are R (red), B (blue),
+    RB (red = blue: a tie between them) and G (green). Text side: cos(image, caption) vs
+    cos(image, negative); image side: cos(caption, image) vs cos(caption, negative image)."""
+    from torchvision.transforms import ToTensor
+
+    red, green, blue = (COLOURS.index(c) for c in ("red", "green", "blue"))
+    for name, scores in {"R": {red: 200}, "B": {blue: 200}, "RB": {red: 200, blue: 200}}.items():
+        score_image(tmp_path / f"{name}.png", scores)
+    score_image(tmp_path / "G.png", {green: 200})
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [  # text side, image side
+        ("R.png", "a red square", "a blue square", "swap_att", 1, "B.png"),  # right, right
+        ("RB.png", "a red square", "a blue square", "swap_att", 1, ""),  # tie, -
+        ("B.png", "a red square", "a blue square", "swap_att", 2, "R.png"),  # wrong, wrong
+        ("RB.png", "a red square", "a green square", "swap_att", 2, "R.png"),  # right, wrong
+        ("G.png", "a green square", "a green thing", "replace_obj", 1, "G.png"),  # tie, tie
+        ("G.png", "a green square", "a red square", "replace_obj", 3, ""),  # right, -
+        ("R.png", "a red square", "a blue square", "swap_att", 0, ""),  # malformed k
+        ("R.png", "a red square", "a blue square", "swap_att", "two", ""),  # malformed k
+        ("R.png", "", "a blue square", "swap_att", 1, ""),  # empty caption
+        ("missing.png", "a red square", "a blue square", "swap_att", 1, ""),  # no image
+        ("R.png", "a red square", "a blue square", "swap_att", 1, "broken.png"),  # bad negative
+    ]
+    benchmark = load_hard_negatives_csv(write_csv(tmp_path / "hard_negatives.csv", rows))
+    assert (len(benchmark.items), benchmark.n_malformed, benchmark.n_bad_images) == (6, 3, 2)
+    assert benchmark.items[0].negative_image == tmp_path / "B.png"
+    assert benchmark.items[1].negative_image is None
+
+    model, cpu = CountingScoreModel(), torch.device("cpu")
+    got = sc_eval.evaluate_hard_negatives(
+        model, colour_tokenizer, ToTensor(), benchmark, cpu, nullcontext, batch_size=3
+    )
+    assert (model.images, model.texts) == (4, 4)  # each distinct image and text once
+    expected = {
+        "swap_att": {"text": 62.5, "items": 4, "image": 100 / 3, "image_items": 3},
+        "swap_att@k1": {"text": 75.0, "items": 2, "image": 100.0, "image_items": 1},
+        "swap_att@k2": {"text": 50.0, "items": 2, "image": 0.0, "image_items": 2},
+        "replace_obj": {"text": 75.0, "items": 2, "image": 50.0, "image_items": 1},
+        "replace_obj@k1": {"text": 50.0, "items": 1, "image": 50.0, "image_items": 1},
+        "replace_obj@k3": {"text": 100.0, "items": 1},
+        "mean": {
+            "text": (62.5 + 75) / 2,
+            "categories": 2,
+            "image": (100 / 3 + 50) / 2,
+            "image_categories": 2,
+        },
+        "skipped": 5,
+    }
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
+
+
+def test_unusable_benchmark_files_exit_with_one_line(tmp_path, one_line_error):
+    path = tmp_path / "hard_negatives.csv"
+    path.write_text("filepath,caption,negative,k\nimages/0.png,a,b,1\n")
+    with pytest.raises(ValueError, match="missing columns \\['category'\\]"):
+        load_hard_negatives_csv(path)
+    one_line_error(sc_eval.main, ["--hard-negatives", str(path)], "--hard-negatives: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["--sugarcrepe", str(empty), "--image-root", str(tmp_path)]
+    one_line_error(sc_eval.main, argv, "--sugarcrepe: ")
+
+
+def test_hard_negative_cli_agrees_across_formats_and_with_the_model(tiny_weights, scenes, tmp_path):
+    """The same items as SugarCrepe files and as our CSV give the same text-side accuracy, which
+    is the share of items the weights themselves, one item at a time, score right."""
+    train = scenes["train"]
+    found = long_captions(train.annotations["csv"])
+    images, captions = [str(train.root / i) for i in found], list(found.values())
+    categories = ("add_obj", "add_att", "swap_att")
+    items = [  # image, caption, negative (another image's caption), category, negative image
+        (images[n], captions[n], captions[n + 1], categories[n % 3], images[n + 1])
+        for n in range(9)
+    ]
+    folder = tmp_path / "sugar_crepe"
+    folder.mkdir()
+    for category in categories:
+        entries = {
+            str(n): {"filename": Path(i).name, "caption": c, "negative_caption": neg}
+            for n, (i, c, neg, cat, _) in enumerate(items)
+            if cat == category
+        }
+        (folder / f"{category}.json").write_text(json.dumps(entries))
+    rows = [(i, c, neg, cat, 1 + n % 2, ni) for n, (i, c, neg, cat, ni) in enumerate(items)]
+    hard_csv = write_csv(tmp_path / "hard_negatives.csv", rows)  # absolute paths
+    out = tmp_path / "eval.json"
+    argv = ["--pretrained", tiny_weights, "--data", train.annotations["csv"]]
+    argv += ["--sugarcrepe", str(folder), "--sugarcrepe-image-root", str(train.root / "images")]
+    argv += ["--hard-negatives", str(hard_csv), "--output", str(out)]
+    results = sc_eval.main(argv)
+    assert json.loads(out.read_text())["results"] == json.loads(json.dumps(results))
+    result = results[0]
+    sugar, ours = result["sugarcrepe"], result["hard_negatives"]
+    assert "retrieval" in result and sugar["skipped"] == ours["skipped"] == 0
+
+    clip = create_clip(TINY_MODEL, tiny_weights).eval()
+    transform = sc_eval.preprocess(clip)
+    tokenizer = sc_eval.open_clip.get_tokenizer(TINY_MODEL, context_length=clip.context_length)
+
+    def cos(image: str, text: str) -> float:
+        pixels = transform(Image.open(image).convert("RGB"))[None]
+        with torch.no_grad():
+            a, b = clip.encode_image(pixels), clip.encode_text(tokenizer([text]))
+        return torch.nn.functional.cosine_similarity(a, b).item()
+
+    def right(positive: float, negative: float) -> float:
+        return float(positive > negative) + 0.5 * float(positive == negative)
+
+    for category in categories:
+        mine = [it for it in items if it[3] == category]
+        text_right = [right(cos(i, c), cos(i, neg)) for i, c, neg, _, _ in mine]
+        image_right = [right(cos(i, c), cos(ni, c)) for i, c, _, _, ni in mine]
+        assert sugar[category]["items"] == ours[category]["items"] == len(mine)
+        assert sugar[category]["text"] == pytest.approx(100 * np.mean(text_right))
+        assert ours[category]["text"] == pytest.approx(100 * np.mean(text_right))
+        assert ours[category]["image"] == pytest.approx(100 * np.mean(image_right))
+        assert "image" not in sugar[category]  # SugarCrepe has no negative images
+        assert {f"{category}@k1", f"{category}@k2"} <= set(ours)
+    assert sugar["mean_add"]["text"] == pytest.approx(
+        (sugar["add_obj"]["text"] + sugar["add_att"]["text"]) / 2
+    )
+    assert sugar["mean_swap"]["text"] == pytest.approx(sugar["swap_att"]["text"])
+    assert "mean_replace" not in sugar and "mean_add" not in ours
+
+
+def test_no_argument_run_evaluates_the_scenes_hard_negatives_when_they_exist(
+    tiny_weights, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    val = write_dataset(scenes_root("scenes", 120), 120, ("csv",))["val"]
+    for objective in ("clip", "smartclip"):
+        export = Path(sc_eval.EvalConfig.runs, f"2026_01_01-tiny-{objective}", "export")
+        export.mkdir(parents=True)
+        (export / EXPORT_WEIGHTS_NAME).write_bytes(Path(tiny_weights).read_bytes())
+        config = {"model": TINY_MODEL, "scenes_dir": "scenes", "scenes_images": 120}
+        (export.parent / "config.json").write_text(json.dumps(config))
+
+    without = sc_eval.main([])
+    assert all("hard_negatives" not in r and "retrieval" in r for r in without)
+    (image, caption), (negative_image, negative) = list(
+        long_captions(val.annotations["csv"]).items()
+    )[:2]
+    rows = [(image, caption, negative, "swap_att", 2, negative_image)]
+    write_csv(val.root / "hard_negatives.csv", rows)
+    with_file = sc_eval.main([])
+    assert [r["hard_negatives"]["swap_att@k2"]["items"] for r in with_file] == [1, 1]
+    assert "hard_negatives.swap_att.image_items" in capsys.readouterr().out
