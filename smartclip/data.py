@@ -89,11 +89,13 @@ _MEASURED_CAPTIONS = 20_000  # captions measured at start-up by ``count_long_cap
 
 @dataclass(frozen=True)
 class Record:
-    """One image (a file path or encoded bytes) and all of its captions."""
+    """One image (a file path or encoded bytes), all of its captions and, when the source has
+    them, one hard-negative caption per caption (aligned with ``captions``)."""
 
     image: Path | bytes
     captions: tuple[str, ...]
     image_id: str
+    negatives: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,14 +124,19 @@ class _Skips:
         return self.count
 
 
-def _group(entries: Iterable[tuple[str, Path | bytes, str]]) -> list[Record]:
-    """Merge ``(image_id, image, caption)`` entries into one record per image id, in order."""
+def _group(entries: Iterable[tuple[str, Path | bytes, str, str | None]]) -> list[Record]:
+    """Merge ``(image_id, image, caption, negative or None)`` entries into one record per image
+    id, in order (negatives kept only when every entry has one)."""
     images: dict[str, Path | bytes] = {}
-    captions: dict[str, list[str]] = {}
-    for image_id, image, caption in entries:
+    captions: dict[str, list[tuple[str, str | None]]] = {}
+    for image_id, image, caption, negative in entries:
         images.setdefault(image_id, image)
-        captions.setdefault(image_id, []).append(caption)
-    return [Record(images[i], tuple(captions[i]), i) for i in images]
+        captions.setdefault(image_id, []).append((caption, negative))
+    out = []
+    for i, pairs in captions.items():
+        negatives = tuple(n for _, n in pairs) if all(n for _, n in pairs) else ()
+        out.append(Record(images[i], tuple(c for c, _ in pairs), i, negatives))
+    return out
 
 
 def _root(path: Path, image_root: str | Path | None) -> Path:
@@ -158,20 +165,23 @@ def load_csv(
     caption_key: str = "title",
     sep: str = ",",
     id_key: str | None = None,
+    negative_key: str | None = None,
     image_root: str | Path | None = None,
 ) -> Annotations:
     """Rows of (image path, caption) with a header, as open_clip's ``--csv-*`` options read them.
 
     Rows sharing an image id (the ``id_key`` column, else the path as written) become one record
-    with several captions. Rows with missing, empty, extra or undecodable fields are skipped.
+    with several captions. With ``negative_key`` (NegCLIP's training CSV has such a column) each
+    row also carries a hard-negative caption. Rows with missing, empty, extra or undecodable
+    fields are skipped.
     """
     path = Path(path)
     root, skip = _root(path, image_root), _Skips(path)
-    keys = [img_key, caption_key] + ([id_key] if id_key else [])
+    keys = [img_key, caption_key] + [k for k in (id_key, negative_key) if k]
     entries = []
     for _, row in _csv_rows(path, keys, skip, sep=sep):
-        image = row[img_key]
-        entries.append((row[id_key] if id_key else image, root / image, row[caption_key]))
+        image, negative = row[img_key], row[negative_key] if negative_key else None
+        entries.append((row[id_key] if id_key else image, root / image, row[caption_key], negative))
     skip.summary()
     return Annotations(_group(entries), skip.count)
 
@@ -237,7 +247,7 @@ def load_sharegpt4v(path: str | Path, *, image_root: str | Path | None = None) -
         if image is None or caption is None:
             skip(f"entry {i}", "needs an 'image' path and a non-empty gpt turn")
         else:
-            entries.append((str(item.get("id", image)), root / image, caption))
+            entries.append((str(item.get("id", image)), root / image, caption, None))
     skip.summary()
     return Annotations(_group(entries), skip.count)
 
@@ -373,18 +383,20 @@ def annotation_options(
     caption_key: str = "title",
     sep: str | None = None,
     id_key: str | None = None,
+    negative_key: str | None = None,
     image_root: str | None = None,
     split: str | None = None,
 ) -> tuple[str | None, dict[str, Any]]:
     """(format or None for auto, the ``load_annotations`` options that apply to the source's
-    format) from open_clip-style flags: CSV keys for csv/tsv, ``split`` for COCO JSON (Karpathy
-    layout), ``image_root`` for everything but shards."""
+    format) from open_clip-style flags: CSV keys (a hard-negative column too) for csv/tsv,
+    ``split`` for COCO JSON (Karpathy layout), ``image_root`` for everything but shards."""
     fmt = None if dataset_type == "auto" else dataset_type
     resolved = fmt or detect_format(source)
     options: dict[str, Any] = {}
     if resolved in ("csv", "tsv"):
         options = {"img_key": img_key, "caption_key": caption_key}
-        options |= {k: v for k, v in (("sep", sep), ("id_key", id_key)) if v is not None}
+        given = (("sep", sep), ("id_key", id_key), ("negative_key", negative_key))
+        options |= {k: v for k, v in given if v is not None}
     if image_root is not None and resolved != "wds":
         options["image_root"] = image_root
     if split is not None:
@@ -589,12 +601,14 @@ def _open_image(image: Path | bytes, where: str) -> Image.Image | None:
 
 
 class Sample(NamedTuple):
-    """One item: the transformed image, its caption's tokens, and whether the caption was cut to
-    fit the text context (False when the tokenizer cannot tell)."""
+    """One item: the transformed image, its caption's tokens, whether the caption was cut to
+    fit the text context (False when the tokenizer cannot tell), and the tokens of the caption's
+    hard negative when the data has them."""
 
     image: torch.Tensor
     tokens: torch.Tensor
     truncated: bool = False
+    negative: torch.Tensor | None = None
 
 
 def _make_sample(
@@ -606,18 +620,21 @@ def _make_sample(
     caption_fit: str,
 ) -> Sample | None:
     """A ``Sample``, or None if the image cannot be read. With an ``rng`` (training) a random
-    caption, maybe a random sentence prefix of it; then fitted to the context (``fit_caption``)."""
+    caption, maybe a random sentence prefix of it (not when it has a hard negative, which was
+    written for the whole caption); then fitted to the context (``fit_caption``), the negative
+    alike."""
     where = str(record.image) if isinstance(record.image, Path) else record.image_id
     image = _open_image(record.image, where)
     if image is None:
         return None
-    caption = record.captions[0]
-    if rng is not None:
-        caption = record.captions[int(rng.integers(len(record.captions)))]
-        if sentence_sampling:
-            caption = sample_sentence_prefix(caption, rng)
+    j = int(rng.integers(len(record.captions))) if rng is not None else 0
+    caption, negative = record.captions[j], record.negatives[j] if record.negatives else None
+    if rng is not None and sentence_sampling and negative is None:
+        caption = sample_sentence_prefix(caption, rng)
     text, truncated = fit_caption(caption, tokenizer, caption_fit)
-    return Sample(transform(image), tokenizer([text])[0], truncated)
+    if negative is not None:
+        negative = tokenizer([fit_caption(negative, tokenizer, caption_fit)[0]])[0]
+    return Sample(transform(image), tokenizer([text])[0], truncated, negative)
 
 
 class ImageTextDataset(Dataset):
@@ -800,6 +817,9 @@ class Batch(NamedTuple):
     texts: torch.Tensor
     n_dropped: int
     n_truncated: int = 0
+    negatives: torch.Tensor | None = (
+        None  # [B, 1, L] hard-negative captions, when the data has them
+    )
 
 
 def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
@@ -808,11 +828,13 @@ def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
     n_dropped = len(samples) - len(good)
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), n_dropped)
+    with_negatives = all(s.negative is not None for s in good)
     return Batch(
         torch.stack([s.image for s in good]),
         torch.stack([s.tokens for s in good]),
         n_dropped,
         sum(s.truncated for s in good),
+        torch.stack([s.negative for s in good])[:, None] if with_negatives else None,
     )
 
 

@@ -270,10 +270,21 @@ class SmartCLIPModel(nn.Module):
         )
         return out["text_features"], out["text_intermediates"][-1]
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> Features:
+    def _text_and_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         t, states = self.text_features(tokens)
-        m = self.masknet(states) if self.masknet is not None else None  # MaskNet detaches
-        return Features(u=self.clip.encode_image(images), t=t, m=m)
+        return t, self.masknet(states) if self.masknet is not None else None  # MaskNet detaches
+
+    def forward(
+        self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None = None
+    ) -> Features:
+        """Features of a batch; `negatives` [B, k, L] are k hard-negative captions per row."""
+        t, m = self._text_and_mask(tokens)
+        t_neg = m_neg = None
+        if negatives is not None:
+            flat, m_flat = self._text_and_mask(negatives.flatten(0, 1))
+            t_neg = flat.view(*negatives.shape[:2], -1)
+            m_neg = None if m_flat is None else m_flat.view(*negatives.shape[:2], -1)
+        return Features(u=self.clip.encode_image(images), t=t, m=m, t_neg=t_neg, m_neg=m_neg)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unmasked, normalised image embeddings (for evaluation)."""

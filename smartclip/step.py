@@ -95,16 +95,23 @@ def forward_backward(
     dropped, global_rows = int(counts[..., 1].sum()), int(counts[..., 0].sum())
     if (counts[..., 0] == 0).any():
         return StepResult(None, 0, dropped)
-    micro = [(b.images.to(device, non_blocking=True), b.texts.to(device)) for b in batches]
+    micro = [
+        (
+            b.images.to(device, non_blocking=True),
+            b.texts.to(device),
+            None if b.negatives is None else b.negatives.to(device),
+        )
+        for b in batches
+    ]
     cached = []
     if len(micro) > 1:
         with torch.no_grad(), autocast():
-            cached = [model(images, texts) for images, texts in micro]
-    for j, (images, texts) in enumerate(micro):
+            cached = [model(*inputs) for inputs in micro]
+    for j, inputs in enumerate(micro):
         last = j == len(micro) - 1
         with nullcontext() if ddp is None or last else ddp.no_sync():
             with autocast():
-                fresh = model(images, texts)
+                fresh = model(*inputs)
             local = _cat([*cached[:j], fresh, *cached[j + 1 :]]) if cached else fresh
             out, weight = rank_loss(objective, cfg, local, global_rows)
             scaler.scale(out.total * weight).backward()

@@ -70,15 +70,17 @@ class RunError(Exception):
 
 
 def data_options(
-    cfg: TrainConfig, source: str, split: str | None = None
+    cfg: TrainConfig, source: str, split: str | None = None, negative_key: str | None = None
 ) -> tuple[str | None, dict]:
-    """(format, loader options) for an annotation source, from the --dataset-type/--csv-* flags."""
+    """(format, loader options) for an annotation source, from the --dataset-type/--csv-* flags
+    (the hard-negative column only where asked: the training data)."""
     return annotation_options(
         source,
         cfg.dataset_type,
         img_key=cfg.csv_img_key,
         caption_key=cfg.csv_caption_key,
         sep=cfg.csv_separator,
+        negative_key=negative_key,
         split=split,
     )
 
@@ -152,7 +154,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     tokenizer = open_clip.get_tokenizer(cfg.model, context_length=cfg.context_length)
     transform = preprocess(model.clip)
     try:
-        fmt, options = data_options(cfg, train_source)
+        fmt, options = data_options(cfg, train_source, negative_key=cfg.csv_negative_key)
         data = build_train_loader(
             train_source,
             transform,

@@ -52,6 +52,12 @@ class TrainConfig:
     csv_separator: str | None = field(
         default=None, metadata={"help": "None: ',' for .csv, tab for .tsv"}
     )
+    csv_negative_key: str | None = field(
+        default=None,
+        metadata={
+            "help": "CSV column with a hard-negative caption per row (NegCLIP's training CSV)"
+        },
+    )
     train_num_samples: int | None = field(
         default=None, metadata={"help": "samples per epoch over all ranks (needed for shards)"}
     )

@@ -24,30 +24,40 @@ from smartclip.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_ROWS, RANK0_ROWS = 8, 5  # uneven on purpose: rank 0 has 5 rows, rank 1 has 3
-VARIANTS = (("smartclip", True), ("clip", True), ("smartclip", False))  # (objective, local loss)
+# (objective, local loss, hard negatives)
+VARIANTS = (
+    ("smartclip", True, False),
+    ("clip", True, False),
+    ("smartclip", False, False),
+    ("clip", True, True),
+    ("smartclip", True, True),
+)
 
 
-def global_batch() -> tuple[torch.Tensor, torch.Tensor]:
+def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, captions and one hard negative per caption (its words reversed)."""
     g = torch.Generator().manual_seed(0)
     words = ["red", "blue", "green", "circle", "square", "star", "top", "left", "small", "large"]
     captions = [
         " ".join(words[int(i)] for i in torch.randint(len(words), (3 + k,), generator=g))
         for k in range(GLOBAL_ROWS)
     ]
+    negatives = [" ".join(reversed(c.split())) for c in captions]
     tokenizer = open_clip.get_tokenizer(TINY_MODEL, context_length=77)
-    return torch.randn(GLOBAL_ROWS, 3, 64, 64, generator=g), tokenizer(captions)
+    images = torch.randn(GLOBAL_ROWS, 3, 64, 64, generator=g)
+    return images, tokenizer(captions), tokenizer(negatives)[:, None]
 
 
 def loss_and_grads(
-    objective: str, local_loss: bool, rows: slice, wrap: bool
+    objective: str, local_loss: bool, negatives: bool, rows: slice, wrap: bool
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, context_length=77, with_mask=objective == "smartclip")
     ddp = DistributedDataParallel(model) if wrap else None
     cfg = TrainConfig(objective=objective, local_loss=local_loss)
-    images, texts = global_batch()
+    images, texts, hard = global_batch()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    batch = Batch(images[rows], texts[rows], 0)
+    batch = Batch(images[rows], texts[rows], 0, 0, hard[rows] if negatives else None)
     objective = objective_from_config(cfg)
     result = forward_backward(
         ddp or model, ddp, [batch], objective, cfg, torch.device("cpu"), scaler, nullcontext
@@ -66,7 +76,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     rows = slice(0, RANK0_ROWS) if rank == 0 else slice(RANK0_ROWS, None)
     results = {variant: loss_and_grads(*variant, rows, wrap=True) for variant in VARIANTS}
     if rank == 0:
-        torch.save({f"{o}-{local}": r for (o, local), r in results.items()}, out)
+        torch.save({"-".join(map(str, v)): r for v, r in results.items()}, out)
     dist.cleanup()
 
 
@@ -80,9 +90,12 @@ def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     ddp_results = torch.load(out, weights_only=True)
-    for objective, local_loss in VARIANTS:
-        losses, grads = loss_and_grads(objective, local_loss, slice(None), wrap=False)
-        ddp_losses, ddp_grads = ddp_results[f"{objective}-{local_loss}"]
+    with_negatives, without = (ddp_results[f"clip-True-{n}"][0]["i2t"] for n in (True, False))
+    assert with_negatives > without  # the negatives are extra image→text columns
+    for variant in VARIANTS:
+        objective = variant[0]
+        losses, grads = loss_and_grads(*variant, slice(None), wrap=False)
+        ddp_losses, ddp_grads = ddp_results["-".join(map(str, variant))]
         assert ddp_losses == pytest.approx(losses, rel=1e-5), objective
         assert ddp_grads.keys() == grads.keys()
         scale = max(g.abs().max().item() for g in grads.values())

@@ -367,3 +367,27 @@ def test_mask_health_is_logged_for_smartclip(scenes, tmp_path) -> None:
     train.main(flags(scenes, tmp_path, "health", "--steps", "2"))
     rows = read_csv(tmp_path / "health" / "train.csv")
     assert all(0 <= float(r["mask_varying"]) <= 64 and float(r["mask_on"]) > 0 for r in rows)
+
+
+def test_hard_negatives_from_a_csv_column_join_the_image_to_text_contrast(scenes, tmp_path) -> None:
+    rows = read_csv(Path(scenes[0]))
+    root = Path(scenes[0]).parent
+    for row in rows:
+        row["filepath"] = str(root / row["filepath"])
+        row["neg"] = " ".join(reversed(row["title"].split()))  # a word-order negative
+    data = tmp_path / "negatives.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    first = {}
+    # a caption with a negative is used whole (the negative was written for all of it)
+    for name, extra in (
+        ("plain", ["--no-sentence-sampling"]),
+        ("mined", ["--csv-negative-key", "neg"]),
+    ):
+        argv = flags((str(data), scenes[1]), tmp_path, name, "--steps", "1", *extra)
+        train.main([*argv, "--objective", "clip"])
+        first[name] = read_csv(tmp_path / name / "train.csv")[0]
+    assert float(first["mined"]["i2t"]) > float(first["plain"]["i2t"])
+    assert first["mined"]["t2i"] == first["plain"]["t2i"]  # negatives describe no image
