@@ -8,16 +8,20 @@ exactly what each caption could have taught. Objects never overlap and are store
 
 Public API
 ----------
-``SceneConfig``, ``SceneObject``, ``Scene``                   dataclasses
+``SceneConfig``, ``SceneObject``, ``Scene``, ``Caption``, ``Example``   dataclasses
 ``sample_scene(rng, config) -> Scene``
 ``render(scene, size, supersample) -> PIL.Image.Image``
 ``describe(scene, rng, level) -> (caption, mentioned)``       mentioned: ``{"obj0.color", ...}``
+``sample_example(image_id, config) -> (Scene, tuple[Caption, ...])``   as ``write_dataset`` draws
 ``latent_columns(max_objects) -> tuple[str, ...]``
 ``scene_to_latents(scene, max_objects) -> np.ndarray``; ``scene_from_latents(vector) -> Scene``
-``write_dataset(out_dir, n_images, formats, config, ...) -> dict[str, SplitFiles]``
+``write_dataset(out_dir, n_images, formats, config, ..., negatives) -> dict[str, SplitFiles]``
 ``load_latents(path) -> (image_ids, latents, columns)``
 
-CLI: ``python -m synthetic.scenes --out DIR --n-images N --formats csv,coco,wds --seed S``.
+Hard negatives (SWAP, REPLACE, ADD) of the captions and their images: ``synthetic.scene_operators``.
+
+CLI: ``python -m synthetic.scenes --out DIR --n-images N --formats csv,coco,wds --seed S
+[--negatives K]``.
 Everything is seeded per image (``np.random.default_rng([seed, image_id])``): the same seed gives
 byte-identical files. This module depends on numpy and Pillow only.
 """
@@ -31,9 +35,10 @@ import json
 import math
 import tarfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -166,9 +171,17 @@ def _place_object(
     for _ in range(_PLACEMENT_TRIES):
         size = float(rng.uniform(config.min_size, config.max_size))
         x, y = (float(v) for v in rng.uniform(size / 2, 1 - size / 2, 2))
-        if all(max(abs(x - o.x), abs(y - o.y)) >= (size + o.size) / 2 + _GAP for o in placed):
-            return SceneObject(shape, color, size, x, y)
+        candidate = SceneObject(shape, color, size, x, y)
+        if _clear_of(candidate, placed):
+            return candidate
     return None
+
+
+def _clear_of(obj: SceneObject, others: Iterable[SceneObject]) -> bool:
+    """Whether ``obj``'s bounding box keeps the minimum gap to every box of ``others``."""
+    return all(
+        max(abs(obj.x - o.x), abs(obj.y - o.y)) >= (obj.size + o.size) / 2 + _GAP for o in others
+    )
 
 
 # -------------------------------------------------------------------------------------- rendering
@@ -284,6 +297,41 @@ def describe(
     return " ".join(parts), frozenset(mentioned)
 
 
+@dataclass(frozen=True)
+class Caption:
+    """A caption with its level, the attributes it mentions and the generator state it was drawn
+    from: ``describe(scene, caption.rng(), caption.level)`` redraws it, and since the draws depend
+    only on the number of objects, describing an edited scene with as many objects from
+    ``caption.rng()`` changes exactly the words of the edited mentioned attributes (and the
+    article "a"/"an" before a changed word)."""
+
+    level: str
+    text: str
+    mentioned: frozenset[str]
+    rng_state: dict[str, Any]  # ``np.random.Generator.bit_generator.state`` before ``describe``
+
+    def rng(self) -> np.random.Generator:
+        """A fresh generator in the state ``describe`` started from for this caption."""
+        bit_generator = getattr(np.random, self.rng_state["bit_generator"])()
+        bit_generator.state = self.rng_state
+        return np.random.Generator(bit_generator)
+
+
+def sample_example(
+    image_id: int, config: SceneConfig = SceneConfig()
+) -> tuple[Scene, tuple[Caption, ...]]:
+    """The scene of image ``image_id`` and its captions (one per ``config.caption_levels``), drawn
+    as ``write_dataset`` draws them: from ``np.random.default_rng([config.seed, image_id])``, the
+    scene first, then the captions in level order from the same generator."""
+    rng = np.random.default_rng([config.seed, image_id])
+    scene = sample_scene(rng, config)
+    captions = []
+    for level in config.caption_levels:
+        state = rng.bit_generator.state
+        captions.append(Caption(level, *describe(scene, rng, level, config), state))
+    return scene, tuple(captions)
+
+
 def _draw_mentions(rng: np.random.Generator, level: str) -> frozenset[str]:
     """The shape is always named; each of size/color/x/y with the level's probability."""
     optional = OBJECT_ATTRIBUTES[1:]
@@ -381,7 +429,8 @@ class SplitFiles:
     """What ``write_dataset`` wrote for one split; annotation paths are keyed by format.
 
     For ``wds`` the value is a brace pattern over the shards; ``karpathy`` is one file for all
-    splits (entries carry ``split``), stored next to the split directories.
+    splits (entries carry ``split``), stored next to the split directories; ``negatives`` is the
+    split's ``hard_negatives.csv`` when hard negatives were requested.
     """
 
     root: Path
@@ -393,11 +442,13 @@ class SplitFiles:
 
 
 @dataclass(frozen=True)
-class _Item:
+class Example:
+    """One written image: its id, scene, captions and PNG path relative to the split root."""
+
     image_id: int
     scene: Scene
-    captions: tuple[tuple[str, str, frozenset[str]], ...]  # (level, text, mentioned)
-    file_name: str  # relative to the split root
+    captions: tuple[Caption, ...]
+    file_name: str
 
 
 def write_dataset(
@@ -408,6 +459,7 @@ def write_dataset(
     *,
     val_fraction: float = 0.1,
     shard_size: int = 100,
+    negatives: int = 0,
 ) -> dict[str, SplitFiles]:
     """Render ``n_images`` scenes into ``out_dir/{train,val}/`` with annotations in ``formats``.
 
@@ -419,17 +471,26 @@ def write_dataset(
     (webdataset: ``png``, ``txt`` = longest caption, ``json`` = all captions). ``karpathy`` writes
     ``out_dir/karpathy.json``. Image paths are relative to the annotation file's directory. The
     last ``round(n_images * val_fraction)`` image ids form ``val``; empty splits are not written.
+
+    ``negatives = K > 0`` also writes each split's ``hard_negatives.csv`` and renders its
+    ``negatives/*.png``: SWAP, REPLACE and ADD hard negatives of every caption with k = 1..K
+    composition steps (K <= 3; see ``synthetic.scene_operators.write_hard_negatives``).
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; expected a subset of {FORMATS}")
     if n_images < 1 or shard_size < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("need n_images >= 1, shard_size >= 1 and 0 <= val_fraction < 1")
+    # imported here because the operators build on this module
+    from synthetic.scene_operators import MAX_K, write_hard_negatives
+
+    if not 0 <= negatives <= MAX_K:
+        raise ValueError(f"negatives must be in 0..{MAX_K}, got {negatives}")
     out = Path(out_dir)
     n_train = n_images - round(n_images * val_fraction)
     id_width = max(6, len(str(n_images - 1)))
     split_ids = {"train": range(n_train), "val": range(n_train, n_images)}
-    items_by_split: dict[str, list[_Item]] = {}
+    items_by_split: dict[str, list[Example]] = {}
     for split, ids in split_ids.items():
         if len(ids) > 0:
             (out / split / "images").mkdir(parents=True, exist_ok=True)
@@ -445,6 +506,8 @@ def write_dataset(
             for fmt in formats
             if fmt != "karpathy"
         }
+        if negatives:
+            annotations["negatives"] = str(write_hard_negatives(root, items, config, negatives))
         latents = np.stack([scene_to_latents(it.scene, config.max_objects) for it in items])
         _save_npz(
             root / "latents.npz",
@@ -464,23 +527,19 @@ def write_dataset(
     return written
 
 
-def _write_image(root: Path, image_id: int, id_width: int, config: SceneConfig) -> _Item:
-    rng = np.random.default_rng([config.seed, image_id])
-    scene = sample_scene(rng, config)
-    captions = tuple(
-        (level, *describe(scene, rng, level, config)) for level in config.caption_levels
-    )
+def _write_image(root: Path, image_id: int, id_width: int, config: SceneConfig) -> Example:
+    scene, captions = sample_example(image_id, config)
     file_name = f"images/{image_id:0{id_width}d}.png"
     render(scene, config.image_size, config.supersample).save(root / file_name, format="PNG")
-    return _Item(image_id, scene, captions, file_name)
+    return Example(image_id, scene, captions, file_name)
 
 
-def _longest(item: _Item) -> str:
-    return max((text for _, text, _ in item.captions), key=len)
+def _longest(item: Example) -> str:
+    return max((c.text for c in item.captions), key=len)
 
 
 def _write_annotations(
-    root: Path, fmt: str, items: list[_Item], config: SceneConfig, shard_size: int
+    root: Path, fmt: str, items: list[Example], config: SceneConfig, shard_size: int
 ) -> Path | str:
     if fmt in ("csv", "tsv"):
         path = root / f"captions.{fmt}"
@@ -488,8 +547,8 @@ def _write_annotations(
             writer = csv.writer(fh, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
             writer.writerow(["filepath", "title", "image_id", "level"])
             for it in items:
-                for level, text, _ in it.captions:
-                    writer.writerow([it.file_name, text, it.image_id, level])
+                for c in it.captions:
+                    writer.writerow([it.file_name, c.text, it.image_id, c.level])
         return path
     if fmt == "coco":
         images = [
@@ -501,7 +560,7 @@ def _write_annotations(
             }
             for it in items
         ]
-        captions = [(it.image_id, text) for it in items for _, text, _ in it.captions]
+        captions = [(it.image_id, c.text) for it in items for c in it.captions]
         annotations = [
             {"id": i, "image_id": image_id, "caption": text}
             for i, (image_id, text) in enumerate(captions)
@@ -530,7 +589,7 @@ def _write_annotations(
     raise ValueError(f"no per-split writer for format {fmt!r}")
 
 
-def _write_shards(root: Path, items: list[_Item], shard_size: int) -> str:
+def _write_shards(root: Path, items: list[Example], shard_size: int) -> str:
     shard_dir = root / "shards"
     shard_dir.mkdir(exist_ok=True)
     n_shards = math.ceil(len(items) / shard_size)
@@ -538,7 +597,7 @@ def _write_shards(root: Path, items: list[_Item], shard_size: int) -> str:
         with tarfile.open(shard_dir / f"{s:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
             for it in items[s * shard_size : (s + 1) * shard_size]:
                 key = Path(it.file_name).stem
-                meta = {"image_id": it.image_id, "captions": [t for _, t, _ in it.captions]}
+                meta = {"image_id": it.image_id, "captions": [c.text for c in it.captions]}
                 _add_member(tar, f"{key}.png", (root / it.file_name).read_bytes())
                 _add_member(tar, f"{key}.txt", _longest(it).encode())
                 _add_member(tar, f"{key}.json", json.dumps(meta).encode())
@@ -552,14 +611,14 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_karpathy(path: Path, items_by_split: dict[str, list[_Item]]) -> Path:
+def _write_karpathy(path: Path, items_by_split: dict[str, list[Example]]) -> Path:
     images = [
         {
             "imgid": it.image_id,
             "filepath": str(Path(split) / Path(it.file_name).parent),
             "filename": Path(it.file_name).name,
             "split": split,
-            "sentences": [{"raw": text} for _, text, _ in it.captions],
+            "sentences": [{"raw": c.text} for c in it.captions],
         }
         for split, items in items_by_split.items()
         for it in items
@@ -568,15 +627,15 @@ def _write_karpathy(path: Path, items_by_split: dict[str, list[_Item]]) -> Path:
     return path
 
 
-def _scene_record(item: _Item) -> dict[str, object]:
+def _scene_record(item: Example) -> dict[str, object]:
     return {
         "image_id": item.image_id,
         "file_name": item.file_name,
         "background": item.scene.background,
         "objects": [vars(o) for o in item.scene.objects],
         "captions": [
-            {"level": level, "text": text, "mentioned": sorted(mentioned)}
-            for level, text, mentioned in item.captions
+            {"level": c.level, "text": c.text, "mentioned": sorted(c.mentioned)}
+            for c in item.captions
         ],
     }
 
@@ -619,6 +678,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--val-fraction", type=float, default=0.1, help="fraction of images held out as val/"
     )
     parser.add_argument("--shard-size", type=int, default=100, help="images per webdataset shard")
+    parser.add_argument(
+        "--negatives",
+        type=int,
+        default=0,
+        help="also write hard_negatives.csv and negatives/*.png per split: SWAP, REPLACE and ADD "
+        "hard negatives of every caption with up to K composition steps (0..3; default: 0, none)",
+        metavar="K",
+    )
     args = parser.parse_args(argv)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     config = SceneConfig(
@@ -634,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         config,
         val_fraction=args.val_fraction,
         shard_size=args.shard_size,
+        negatives=args.negatives,
     )
     for split, files in written.items():
         print(f"{split}: {len(files.images)} images in {files.root}")

@@ -33,6 +33,7 @@ from synthetic.scenes import (
     load_latents,
     main,
     render,
+    sample_example,
     sample_scene,
     scene_from_latents,
     scene_to_latents,
@@ -209,6 +210,23 @@ def test_caption_words_come_from_mentioned_attributes(
     else:
         described = {k for k in mentioned if k.endswith(".shape")}
         assert n_sentences == len(described) + ("background" in mentioned)
+
+
+def test_sample_example_redraws_the_written_captions(tmp_path: Path) -> None:
+    config = SceneConfig(seed=9)
+    written = write_dataset(tmp_path, 6, ("csv",), config, val_fraction=0.0)
+    for record in json.loads(written["train"].scenes.read_text()):
+        scene, captions = sample_example(record["image_id"], config)
+        assert [c.text for c in captions] == [c["text"] for c in record["captions"]]
+        assert [sorted(c.mentioned) for c in captions] == [
+            c["mentioned"] for c in record["captions"]
+        ]
+        for caption in captions:
+            assert describe(scene, caption.rng(), caption.level, config) == (
+                caption.text,
+                caption.mentioned,
+            )
+    assert [c.level for c in captions] == list(LEVELS)
 
 
 def test_describe_and_config_reject_bad_arguments() -> None:
