@@ -53,6 +53,7 @@ from smartclip.model import (
     create_clip,
     preprocess,
 )
+from smartclip.train_config import DEMO_STAGES
 from synthetic.scenes import load_latents
 
 PROG = "python -m smartclip.eval"
@@ -419,13 +420,14 @@ def evaluate_weights(
 
 
 def latest_demo(runs: str | Path) -> dict[str, Path]:
-    """{"clip": export, "smartclip": export} of the newest no-argument training run in `runs`."""
+    """{stage: export} of the newest no-argument training run in `runs`, for the pre-trained
+    "tiny-clip" and each of DEMO_STAGES."""
     found = {}
-    for objective in ("clip", "smartclip"):
-        exports = sorted(Path(runs).glob(f"*-tiny-{objective}/export/{EXPORT_WEIGHTS_NAME}"))
+    for stage in ("tiny-clip", *DEMO_STAGES):
+        exports = sorted(Path(runs).glob(f"*-{stage}/export/{EXPORT_WEIGHTS_NAME}"))
         if exports:
-            found[objective] = exports[-1]
-    if len(found) < 2:
+            found[stage] = exports[-1]
+    if len(found) < 1 + len(DEMO_STAGES):
         raise SystemExit(
             f"smartclip.eval: no finished no-argument training run in {runs}/; "
             "run `python -m smartclip.train` first (or pass --pretrained and --data)"
@@ -434,15 +436,15 @@ def latest_demo(runs: str | Path) -> dict[str, Path]:
 
 
 def demo_config(runs: str | Path) -> EvalConfig:
-    """The no-argument evaluation: both demo exports on the held-out scenes, with latent R² and,
+    """The no-argument evaluation: every demo export on the held-out scenes, with latent R² and,
     if the scenes have a `hard_negatives.csv`, its hard negatives."""
     exports = latest_demo(runs)
-    run_config = json.loads((exports["smartclip"].parents[1] / "config.json").read_text())
+    run_config = json.loads((exports["tiny-smartclip"].parents[1] / "config.json").read_text())
     val = scenes_root(run_config["scenes_dir"], run_config["scenes_images"]) / "val"
     hard_negatives = val / "hard_negatives.csv"
     return EvalConfig(
         model=run_config["model"],
-        pretrained=(str(exports["clip"]), str(exports["smartclip"])),
+        pretrained=tuple(str(p) for p in exports.values()),
         data=str(val / "captions.csv"),
         csv_id_key="image_id",
         latents=str(val / "latents.npz"),

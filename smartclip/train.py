@@ -60,7 +60,7 @@ from smartclip.optim import cosine_schedules, param_groups, pin_rows
 from smartclip.runlog import RunLog
 from smartclip.step import forward_backward, objective_from_config, optimizer_step
 from smartclip.stream import BatchStream
-from smartclip.train_config import PRESETS, TrainConfig
+from smartclip.train_config import DEMO_STAGES, PRESETS, TrainConfig
 
 PROBED_IMAGES = 32  # training images read at start-up: a run whose every one fails stops at once
 
@@ -70,15 +70,20 @@ class RunError(Exception):
 
 
 def data_options(
-    cfg: TrainConfig, source: str, split: str | None = None, negative_key: str | None = None
+    cfg: TrainConfig,
+    source: str,
+    split: str | None = None,
+    negative_key: str | None = None,
+    caption_key: str | None = None,
 ) -> tuple[str | None, dict]:
     """(format, loader options) for an annotation source, from the --dataset-type/--csv-* flags
-    (the hard-negative column only where asked: the training data)."""
+    (the hard-negative column only where asked: the training data; `caption_key` overrides
+    --csv-caption-key for files of our own layout)."""
     return annotation_options(
         source,
         cfg.dataset_type,
         img_key=cfg.csv_img_key,
-        caption_key=cfg.csv_caption_key,
+        caption_key=caption_key or cfg.csv_caption_key,
         sep=cfg.csv_separator,
         negative_key=negative_key,
         split=split,
@@ -135,9 +140,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
 
     # data and model
     train_source, val_source, val_split = cfg.train_data, cfg.val_data, cfg.val_split
+    keys = {"negative_key": cfg.csv_negative_key}
     if train_source is None:
-        train_source, scenes_val = prepare_scenes(cfg.scenes_dir, cfg.scenes_images, env.is_main)
-        val_source = val_source or scenes_val
+        scenes = prepare_scenes(cfg.scenes_dir, cfg.scenes_images, env.is_main)
+        val_source = val_source or str(scenes / "val" / "captions.csv")
+        train_source = str(scenes / "train" / "captions.csv")
+        if cfg.hard_negatives:  # the mined negatives' file: filepath, caption, negative, ...
+            train_source = str(scenes / "train" / "hard_negatives.csv")
+            keys = {"negative_key": "negative", "caption_key": "caption"}
     try:
         model = build_model(
             cfg.model,
@@ -154,7 +164,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     tokenizer = open_clip.get_tokenizer(cfg.model, context_length=cfg.context_length)
     transform = preprocess(model.clip)
     try:
-        fmt, options = data_options(cfg, train_source, negative_key=cfg.csv_negative_key)
+        fmt, options = data_options(cfg, train_source, **keys)
         data = build_train_loader(
             train_source,
             transform,
@@ -374,15 +384,17 @@ def run(cfg: TrainConfig) -> Path:
 
 
 def demo() -> Path:
-    """The no-argument run: presets tiny-clip, then tiny-smartclip from its open_clip export."""
+    """The no-argument run: preset tiny-clip, then from its open_clip export each stage of
+    DEMO_STAGES (SmartCLIP, CLIP, CLIP with mined hard negatives: the same budget); returns
+    the SmartCLIP run."""
     stamp = time.strftime("%Y_%m_%d-%H_%M_%S")
     stage1 = run(TrainConfig(**PRESETS["tiny-clip"], name=f"{stamp}-tiny-clip"))
     pretrained = str(stage1 / "export" / EXPORT_WEIGHTS_NAME)
-    return run(
-        TrainConfig(
-            **PRESETS["tiny-smartclip"], pretrained=pretrained, name=f"{stamp}-tiny-smartclip"
-        )
-    )
+    runs = [
+        run(TrainConfig(**PRESETS[stage], pretrained=pretrained, name=f"{stamp}-{stage}"))
+        for stage in DEMO_STAGES
+    ]
+    return runs[0]
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -82,6 +82,10 @@ class TrainConfig:
         default=0.05,
         metadata={"help": "stop when more than this share of samples so far was unreadable"},
     )
+    hard_negatives: bool = field(
+        default=False,
+        metadata={"help": "built-in scenes: train on their mined SWAP/REPLACE/ADD negatives"},
+    )
     scenes_dir: str = "runs/data/scenes"
     scenes_images: int = field(default=6000, metadata={"help": "built-in scenes to render"})
     objective: str = field(default="smartclip", metadata={"help": f"one of {tuple(OBJECTIVES)}"})
@@ -177,6 +181,11 @@ class TrainConfig:
         )
         if self.train_data is not None and not shards:
             require(os.path.isfile(self.train_data), "train_data", "no such file")
+        require(
+            not self.hard_negatives or self.train_data is None,
+            "hard_negatives",
+            "mines the built-in scenes; for your data name the column: --csv-negative-key",
+        )
         require(not self.wds_resampled or shards, "wds_resampled", "applies to shards only")
         require(self.caption_fit in CAPTION_FITS, "caption_fit", f"choose one of {CAPTION_FITS}")
         if self.val_data is not None and ".tar" not in self.val_data:
@@ -246,4 +255,11 @@ PRESETS = {
     # CPU stage 2: the recipe on the stage-1 towers (stretch to 248, separate rates, frozen
     # positions), scaled to a tiny model: backbone lr 1e-4, logit scale 10 as in stage 1
     "tiny-smartclip": {**_TINY, "lr": 1e-4, "warmup": 20, "epochs": 2},
+    # the same fine-tuning budget with CLIP's loss, without and with mined hard negatives
+    "tiny-clip-ft": {**_TINY, "objective": "clip", "lr": 1e-4, "warmup": 20, "epochs": 2},
+    "tiny-negclip": {
+        **_TINY, "objective": "clip", "lr": 1e-4, "warmup": 20, "epochs": 2,
+        "hard_negatives": True,
+    },
 }  # fmt: skip
+DEMO_STAGES = ("tiny-smartclip", "tiny-clip-ft", "tiny-negclip")  # each from tiny-clip's export

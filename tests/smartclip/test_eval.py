@@ -24,6 +24,7 @@ from smartclip.hard_negatives import (
     load_sugarcrepe,
 )
 from smartclip.model import TINY_MODEL, create_clip
+from smartclip.train_config import DEMO_STAGES
 from synthetic.scenes import write_dataset
 
 
@@ -259,16 +260,15 @@ def test_no_argument_run_without_training_runs_says_what_to_do(tmp_path):
 
 def test_demo_config_finds_the_newest_runs(tmp_path):
     for stamp in ("2026_01_01", "2026_02_02"):
-        for objective in ("clip", "smartclip"):
-            export = tmp_path / f"{stamp}-tiny-{objective}" / "export" / EXPORT_WEIGHTS_NAME
+        for stage in ("tiny-clip", *DEMO_STAGES):
+            export = tmp_path / f"{stamp}-{stage}" / "export" / EXPORT_WEIGHTS_NAME
             export.parent.mkdir(parents=True)
             export.write_bytes(b"")
             config = {"model": TINY_MODEL, "scenes_dir": str(tmp_path), "scenes_images": 20}
             (export.parents[1] / "config.json").write_text(json.dumps(config))
     found = sc_eval.latest_demo(tmp_path)
     assert [Path(p).parents[1].name for p in found.values()] == [
-        "2026_02_02-tiny-clip",
-        "2026_02_02-tiny-smartclip",
+        f"2026_02_02-{stage}" for stage in ("tiny-clip", *DEMO_STAGES)
     ]
 
 
@@ -501,8 +501,8 @@ def test_no_argument_run_evaluates_the_scenes_hard_negatives_when_they_exist(
 ):
     monkeypatch.chdir(tmp_path)
     val = write_dataset(scenes_root("scenes", 120), 120, ("csv",))["val"]
-    for objective in ("clip", "smartclip"):
-        export = Path(sc_eval.EvalConfig.runs, f"2026_01_01-tiny-{objective}", "export")
+    for stage in ("tiny-clip", *DEMO_STAGES):
+        export = Path(sc_eval.EvalConfig.runs, f"2026_01_01-{stage}", "export")
         export.mkdir(parents=True)
         (export / EXPORT_WEIGHTS_NAME).write_bytes(Path(tiny_weights).read_bytes())
         config = {"model": TINY_MODEL, "scenes_dir": "scenes", "scenes_images": 120}
@@ -516,5 +516,5 @@ def test_no_argument_run_evaluates_the_scenes_hard_negatives_when_they_exist(
     rows = [(image, caption, negative, "swap_att", 2, negative_image)]
     write_csv(val.root / "hard_negatives.csv", rows)
     with_file = sc_eval.main([])
-    assert [r["hard_negatives"]["swap_att@k2"]["items"] for r in with_file] == [1, 1]
+    assert [r["hard_negatives"]["swap_att@k2"]["items"] for r in with_file] == [1] * 4
     assert "hard_negatives.swap_att.image_items" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from contextlib import nullcontext
@@ -211,16 +212,25 @@ def test_no_argument_run_renders_scenes_pretrains_fine_tunes_and_exports(
         "scenes_dir": str(tmp_path / "data"), "scenes_images": 40, "steps": 2, "batch_size": 8,
         "workers": 0, "logs": str(tmp_path / "runs"),
     }  # fmt: skip
-    for preset in ("tiny-clip", "tiny-smartclip"):
+    for preset in ("tiny-clip", *train.DEMO_STAGES):
         monkeypatch.setitem(train.PRESETS, preset, {**train.PRESETS[preset], **small})
     run_dir = train.main([])
     out = capsys.readouterr().out
     for what in ("checkpoints:", "logs:", "open_clip:", "retrieval:"):
         assert what in out
-    assert (tmp_path / "data" / "n40-px64" / "train" / "captions.csv").is_file()
-    stage1, stage2 = sorted((tmp_path / "runs").iterdir())
-    assert stage1.name.endswith("tiny-clip") and stage2 == run_dir
+    data = tmp_path / "data" / "n40-px64-neg3"
+    assert (data / "train" / "captions.csv").is_file()
+    assert (data / "val" / "hard_negatives.csv").is_file()
+    runs = {p.name.split("-", 2)[-1]: p for p in (tmp_path / "runs").iterdir()}
+    assert set(runs) == {"tiny-clip", *train.DEMO_STAGES} and runs["tiny-smartclip"] == run_dir
     assert read_csv(run_dir / "val.csv")[-1]["step"] == "2"
+    stage1 = runs["tiny-clip"]
+    # the mined stage trained on the scenes' hard negatives: its image-to-text term has the
+    # negatives' columns, so at the same weights it starts above the plain CLIP stage's
+    negclip = json.loads((runs["tiny-negclip"] / "config.json").read_text())
+    assert negclip["train_data"] is None and negclip["hard_negatives"] is True
+    first = {s: read_csv(runs[s] / "train.csv")[0] for s in ("tiny-negclip", "tiny-clip-ft")}
+    assert float(first["tiny-negclip"]["i2t"]) > float(first["tiny-clip-ft"]["i2t"])
 
     # stage 2 started from stage 1's export, its context stretched 77 → 248
     pretrained = torch.load(stage1 / "export" / EXPORT_WEIGHTS_NAME, weights_only=True)
