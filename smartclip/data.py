@@ -600,6 +600,39 @@ def _open_image(image: Path | bytes, where: str) -> Image.Image | None:
         return None
 
 
+TEXT_VIEWS: tuple[str, ...] = ("short", "subs")
+MAX_SENTENCES = 8  # sentences of a long caption kept as sub-captions
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How a training sample's caption is drawn and cut.
+
+    ``sentence_sampling``: a random first-k-sentence prefix of a random caption (SmartCLIP's
+    recipe). ``caption_fit``: "truncate" or "sentences" (``fit_caption``). ``views``: extra views
+    of a long caption for objectives that read them: "short" (its first sentence, Long-CLIP's
+    short caption) and "subs" (its first ``MAX_SENTENCES`` sentences, MulCLIP's sub-captions);
+    with views the record's longest caption is used whole.
+    """
+
+    sentence_sampling: bool = True
+    caption_fit: str = "truncate"
+    views: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _checked_caption_fit(self.caption_fit)
+        unknown = set(self.views) - set(TEXT_VIEWS)
+        if unknown:
+            raise ValueError(f"unknown text views {sorted(unknown)}; choose from {TEXT_VIEWS}")
+
+
+def sentences(caption: str) -> list[str]:
+    """The caption's sentences (boundaries as in ``sample_sentence_prefix``), stripped."""
+    text = caption.rstrip()
+    ends = _sentence_ends(text)
+    return [text[a:b].strip() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
 class Sample(NamedTuple):
     """One item: the transformed image, its caption's tokens, whether the caption was cut to
     fit the text context (False when the tokenizer cannot tell), and the tokens of the caption's
@@ -609,6 +642,8 @@ class Sample(NamedTuple):
     tokens: torch.Tensor
     truncated: bool = False
     negative: torch.Tensor | None = None
+    short: torch.Tensor | None = None
+    subs: torch.Tensor | None = None  # [MAX_SENTENCES, L], all-zero rows pad
 
 
 def _make_sample(
@@ -616,25 +651,41 @@ def _make_sample(
     transform: Transform,
     tokenizer: Tokenizer,
     rng: np.random.Generator | None,
-    sentence_sampling: bool,
-    caption_fit: str,
+    text: TextOptions,
 ) -> Sample | None:
-    """A ``Sample``, or None if the image cannot be read. With an ``rng`` (training) a random
-    caption, maybe a random sentence prefix of it (not when it has a hard negative, which was
-    written for the whole caption); then fitted to the context (``fit_caption``), the negative
-    alike."""
+    """A ``Sample``, or None if the image cannot be read. With views (``TextOptions``) the
+    longest caption whole, with its short caption and sub-captions. Otherwise, with an ``rng``
+    (training) a random caption, maybe a random sentence prefix of it (not when it has a hard
+    negative, which was written for the whole caption). Every text is fitted to the context
+    (``fit_caption``)."""
     where = str(record.image) if isinstance(record.image, Path) else record.image_id
     image = _open_image(record.image, where)
     if image is None:
         return None
+
+    def tokens(caption: str) -> tuple[torch.Tensor, bool]:
+        fitted, cut = fit_caption(caption, tokenizer, text.caption_fit)
+        return tokenizer([fitted])[0], cut
+
+    if text.views:
+        caption = max(record.captions, key=len)
+        ids, truncated = tokens(caption)
+        parts = sentences(caption)
+        short = tokens(parts[0])[0] if "short" in text.views else None
+        subs = None
+        if "subs" in text.views:
+            subs = torch.zeros(MAX_SENTENCES, len(ids), dtype=ids.dtype)
+            for i, part in enumerate(parts[:MAX_SENTENCES]):
+                subs[i] = tokens(part)[0]
+        return Sample(transform(image), ids, truncated, short=short, subs=subs)
     j = int(rng.integers(len(record.captions))) if rng is not None else 0
     caption, negative = record.captions[j], record.negatives[j] if record.negatives else None
-    if rng is not None and sentence_sampling and negative is None:
+    if rng is not None and text.sentence_sampling and negative is None:
         caption = sample_sentence_prefix(caption, rng)
-    text, truncated = fit_caption(caption, tokenizer, caption_fit)
-    if negative is not None:
-        negative = tokenizer([fit_caption(negative, tokenizer, caption_fit)[0]])[0]
-    return Sample(transform(image), tokenizer([text])[0], truncated, negative)
+    ids, truncated = tokens(caption)
+    return Sample(
+        transform(image), ids, truncated, None if negative is None else tokens(negative)[0]
+    )
 
 
 class ImageTextDataset(Dataset):
@@ -654,17 +705,15 @@ class ImageTextDataset(Dataset):
         tokenizer: Tokenizer,
         *,
         train: bool = True,
-        sentence_sampling: bool = True,
         seed: int = 0,
-        caption_fit: str = "truncate",
+        text: TextOptions = TextOptions(),
     ) -> None:
         self.records = records
         self.transform = transform
         self.tokenizer = tokenizer
         self.train = train
-        self.sentence_sampling = sentence_sampling
         self.seed = seed
-        self.caption_fit = _checked_caption_fit(caption_fit)
+        self.text = text
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -676,9 +725,7 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, index: int) -> Sample | None:
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
         record = self.records[index]
-        return _make_sample(
-            record, self.transform, self.tokenizer, rng, self.sentence_sampling, self.caption_fit
-        )
+        return _make_sample(record, self.transform, self.tokenizer, rng, self.text)
 
 
 class ShardDataset(IterableDataset):
@@ -704,13 +751,12 @@ class ShardDataset(IterableDataset):
         tokenizer: Tokenizer,
         *,
         train: bool = True,
-        sentence_sampling: bool = True,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
         shuffle_buffer: int = 256,
         resampled: bool = False,
-        caption_fit: str = "truncate",
+        text: TextOptions = TextOptions(),
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
@@ -720,13 +766,12 @@ class ShardDataset(IterableDataset):
         self.transform = transform
         self.tokenizer = tokenizer
         self.train = train
-        self.sentence_sampling = sentence_sampling
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
-        self.caption_fit = _checked_caption_fit(caption_fit)
+        self.text = text
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -796,9 +841,7 @@ class ShardDataset(IterableDataset):
             logger.warning("%s: skipping sample %s: %s", self.urls[shard], sample["__key__"], err)
             return None
         rng = np.random.default_rng([self.seed, self.epoch, shard, index]) if self.train else None
-        return _make_sample(
-            record, self.transform, self.tokenizer, rng, self.sentence_sampling, self.caption_fit
-        )
+        return _make_sample(record, self.transform, self.tokenizer, rng, self.text)
 
 
 def _seed(*parts: int) -> int:
@@ -808,7 +851,9 @@ def _seed(*parts: int) -> int:
 
 class Batch(NamedTuple):
     """Stacked images ``[B, ...]`` and tokens ``[B, L]``, how many failed samples were dropped
-    and how many of the kept captions the tokenizer cut to fit the context.
+    and how many of the kept captions the tokenizer cut to fit the context; when the samples
+    have them, hard negatives ``[B, 1, L]``, short captions ``[B, L]`` and sub-captions
+    ``[B, MAX_SENTENCES, L]`` (all-zero rows pad).
 
     ``B`` may be smaller than the batch size, and 0 (empty tensors) if every sample failed.
     """
@@ -817,9 +862,13 @@ class Batch(NamedTuple):
     texts: torch.Tensor
     n_dropped: int
     n_truncated: int = 0
-    negatives: torch.Tensor | None = (
-        None  # [B, 1, L] hard-negative captions, when the data has them
-    )
+    negatives: torch.Tensor | None = None
+    short: torch.Tensor | None = None
+    subs: torch.Tensor | None = None
+
+    def text_inputs(self) -> tuple[torch.Tensor | None, ...]:
+        """(texts, negatives, short, subs): the model's text inputs after the images."""
+        return self.texts, self.negatives, self.short, self.subs
 
 
 def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
@@ -828,13 +877,20 @@ def collate_skipping(samples: Sequence[Sample | None]) -> Batch:
     n_dropped = len(samples) - len(good)
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), n_dropped)
-    with_negatives = all(s.negative is not None for s in good)
+
+    def stacked(name: str) -> torch.Tensor | None:
+        values = [getattr(s, name) for s in good]
+        return None if any(v is None for v in values) else torch.stack(values)
+
+    negatives = stacked("negative")
     return Batch(
         torch.stack([s.image for s in good]),
         torch.stack([s.tokens for s in good]),
         n_dropped,
         sum(s.truncated for s in good),
-        torch.stack([s.negative for s in good])[:, None] if with_negatives else None,
+        None if negatives is None else negatives[:, None],
+        stacked("short"),
+        stacked("subs"),
     )
 
 
@@ -873,8 +929,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
     drop_last: bool = True,
-    sentence_sampling: bool = True,
-    caption_fit: str = "truncate",
+    text: TextOptions = TextOptions(),
     shuffle_buffer: int = 256,
     resampled: bool = False,
     pin_memory: bool = False,
@@ -884,17 +939,12 @@ def build_train_loader(
 
     File formats use a ``DistributedSampler`` (also for one process, for seeded shuffling);
     shards are split by rank and worker, or with ``resampled`` drawn with replacement by every
-    reader (``ShardDataset``). Captions are fitted to the context as ``caption_fit`` says
-    (``fit_caption``). ``options`` go to the format's loader (e.g. ``img_key``, ``caption_key``,
-    ``sep``, ``image_root``, ``split``).
+    reader (``ShardDataset``). Captions are drawn and fitted as ``text`` says (``TextOptions``).
+    ``options`` go to the format's loader (e.g. ``img_key``, ``caption_key``, ``sep``,
+    ``image_root``, ``split``).
     """
     fmt = fmt or detect_format(source)
-    common = {
-        "train": True,
-        "sentence_sampling": sentence_sampling,
-        "seed": seed,
-        "caption_fit": caption_fit,
-    }
+    common = {"train": True, "seed": seed, "text": text}
     loader_args = {
         "batch_size": batch_size,
         "num_workers": num_workers,

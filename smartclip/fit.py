@@ -112,7 +112,7 @@ def build_model(world: AnyWorld, cfg: FitConfig) -> SyntheticCLIP:
         hidden=cfg.hidden,
         depth=cfg.depth,
         text_width=cfg.text_width,
-        with_mask=cfg.objective == "smartclip",
+        with_mask="m" in OBJECTIVES[cfg.objective].consumes,
         mask_hard=cfg.mask_hard,
         mask_detach=cfg.mask_detach,
         logit_scale=cfg.logit_scale,

@@ -38,6 +38,12 @@ class Features:
     m: torch.Tensor | None = None
     t_neg: torch.Tensor | None = None
     m_neg: torch.Tensor | None = None
+    t_short: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    token_mask: torch.Tensor | None = None
+    subs: torch.Tensor | None = None
+    sub_mask: torch.Tensor | None = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Features:
         """The same features with `fn` applied to every tensor that is present."""

@@ -251,10 +251,34 @@ def _text_width_and_embed_dim(clip: nn.Module) -> tuple[int, int]:
     raise ValueError(f"{type(tower).__name__} has no text projection to read widths from")
 
 
-class SmartCLIPModel(nn.Module):
-    """An open_clip model (`self.clip`) and, for the smartclip objective, a `MaskNet`."""
+class LocalCalibration(nn.Module):
+    """x + W₂ GELU(W₁ LayerNorm(x)) per token: the learnable calibration MulCLIP applies to patch
+    and token features before its token- and sub-caption-level terms (our form of its "local
+    calibration"; the last layer starts at zero, so it starts as the identity)."""
 
-    def __init__(self, clip: nn.Module, with_mask: bool = True, mask_heads: int = 8) -> None:
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class SmartCLIPModel(nn.Module):
+    """An open_clip model (`self.clip`), a `MaskNet` for objectives that read masks and, for
+    those that read patch and token features (MulCLIP), one `LocalCalibration` for each."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        with_mask: bool = True,
+        mask_heads: int = 8,
+        with_calibration: bool = False,
+    ) -> None:
         super().__init__()
         self.clip = clip
         self.clip.logit_scale.requires_grad_(False)  # SmartCLIP uses a fixed scale
@@ -262,6 +286,13 @@ class SmartCLIPModel(nn.Module):
         if with_mask and text_width % mask_heads:
             raise ValueError(f"mask heads {mask_heads} must divide the text width {text_width}")
         self.masknet = MaskNet(text_width, embed_dim, mask_heads) if with_mask else None
+        self.calibration = (
+            nn.ModuleDict(
+                {"patches": LocalCalibration(embed_dim), "tokens": LocalCalibration(embed_dim)}
+            )
+            if with_calibration
+            else None
+        )
 
     def text_features(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised text embedding [B, D], token states after ln_final [B, L, W])."""
@@ -274,17 +305,55 @@ class SmartCLIPModel(nn.Module):
         t, states = self.text_features(tokens)
         return t, self.masknet(states) if self.masknet is not None else None  # MaskNet detaches
 
+    def _project_tokens(self, states: torch.Tensor) -> torch.Tensor:
+        """Token states [B, L, W] in the joint space [B, L, D] (the text projection)."""
+        proj = getattr(self.clip, "text_projection", None)
+        return proj(states) if isinstance(proj, nn.Linear) else states @ proj
+
+    def _image_and_patches(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embedding [B, D], its patch tokens after ln_post and the projection [B, P, D])."""
+        visual = self.clip.visual
+        visual.output_tokens = True
+        try:
+            pooled, patches = visual(images)
+        finally:
+            visual.output_tokens = False
+        return pooled, patches @ visual.proj
+
     def forward(
-        self, images: torch.Tensor, tokens: torch.Tensor, negatives: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        tokens: torch.Tensor,
+        negatives: torch.Tensor | None = None,
+        short: torch.Tensor | None = None,
+        subs: torch.Tensor | None = None,
     ) -> Features:
-        """Features of a batch; `negatives` [B, k, L] are k hard-negative captions per row."""
-        t, m = self._text_and_mask(tokens)
-        t_neg = m_neg = None
+        """Features of a batch: `negatives` [B, k, L] are k hard-negative captions per row,
+        `short` [B, L] the short captions, `subs` [B, S, L] the sentences (all-zero rows pad).
+        With calibration the patch and token features come along, calibrated."""
+        out = Features(u=None, t=None)
+        if self.calibration is None:
+            out.u = self.clip.encode_image(images)
+            out.t, out.m = self._text_and_mask(tokens)
+        else:
+            out.u, patches = self._image_and_patches(images)
+            out.t, states = self.text_features(tokens)
+            out.m = self.masknet(states) if self.masknet is not None else None
+            out.patches = self.calibration["patches"](patches)
+            out.tokens = self.calibration["tokens"](self._project_tokens(states))
+            out.token_mask = tokens != 0
         if negatives is not None:
             flat, m_flat = self._text_and_mask(negatives.flatten(0, 1))
-            t_neg = flat.view(*negatives.shape[:2], -1)
-            m_neg = None if m_flat is None else m_flat.view(*negatives.shape[:2], -1)
-        return Features(u=self.clip.encode_image(images), t=t, m=m, t_neg=t_neg, m_neg=m_neg)
+            out.t_neg = flat.view(*negatives.shape[:2], -1)
+            out.m_neg = None if m_flat is None else m_flat.view(*negatives.shape[:2], -1)
+        if short is not None:
+            out.t_short = self.text_features(short)[0]
+        if subs is not None:
+            out.sub_mask = subs[..., 0] != 0
+            embedded = self.text_features(subs[out.sub_mask])[0]
+            out.subs = embedded.new_zeros(*subs.shape[:2], embedded.shape[-1])
+            out.subs[out.sub_mask] = embedded
+        return out
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Unmasked, normalised image embeddings (for evaluation)."""
@@ -302,12 +371,12 @@ def build_model(
     keep: int = KEEP_POSITIONS,
     with_mask: bool = True,
     mask_heads: int = 8,
+    with_calibration: bool = False,
 ) -> SmartCLIPModel:
     """`create_clip` + `SmartCLIPModel` (the kept positions are frozen by the optimizer,
     `smartclip.optim.pin_rows`)."""
-    return SmartCLIPModel(
-        create_clip(name, pretrained, context_length, keep), with_mask, mask_heads
-    )
+    clip = create_clip(name, pretrained, context_length, keep)
+    return SmartCLIPModel(clip, with_mask, mask_heads, with_calibration)
 
 
 def open_clip_config(name: str, context_length: int) -> dict:

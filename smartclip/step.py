@@ -39,6 +39,12 @@ def objective_from_config(cfg: TrainConfig) -> Objective:
     )
 
 
+def text_views(objective: Objective) -> tuple[str, ...]:
+    """The extra caption views (`smartclip.data.TextOptions.views`) an objective reads."""
+    fields = {"short": "t_short", "subs": "subs"}
+    return tuple(view for view, name in fields.items() if name in objective.consumes)
+
+
 def _cat(parts: Sequence[Features]) -> Features:
     first = parts[0]
     return Features(
@@ -55,7 +61,7 @@ def rank_loss(
     objective: Objective, cfg: TrainConfig, local: Features, global_rows: int
 ) -> tuple[LossOutput, float]:
     """This rank's part of the global-batch objective (in fp32) and its DDP weight W·b_r/B."""
-    local = local.map(lambda x: x.float())
+    local = local.map(lambda x: x.float() if x.is_floating_point() else x)
     if dist.world_size() == 1:
         return objective(local, cfg.logit_scale), 1.0
     gather = dist.gather_with_grad if cfg.gather_with_grad else dist.gather_without_grad
@@ -98,8 +104,7 @@ def forward_backward(
     micro = [
         (
             b.images.to(device, non_blocking=True),
-            b.texts.to(device),
-            None if b.negatives is None else b.negatives.to(device),
+            *(None if x is None else x.to(device) for x in b.text_inputs()),
         )
         for b in batches
     ]

@@ -47,6 +47,7 @@ from smartclip.builtin import prepare_scenes
 from smartclip.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from smartclip.cli import parse_config
 from smartclip.data import (
+    TextOptions,
     annotation_options,
     build_eval_set,
     build_train_loader,
@@ -58,7 +59,7 @@ from smartclip.masknet import CollapseWatch
 from smartclip.model import autocast_context, build_model, preprocess, text_positional_embedding
 from smartclip.optim import cosine_schedules, param_groups, pin_rows
 from smartclip.runlog import RunLog
-from smartclip.step import forward_backward, objective_from_config, optimizer_step
+from smartclip.step import forward_backward, objective_from_config, optimizer_step, text_views
 from smartclip.stream import BatchStream
 from smartclip.train_config import DEMO_STAGES, PRESETS, TrainConfig
 
@@ -137,6 +138,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     ckpt_dir = run_dir / "checkpoints"
     accum = cfg.accumulation(env.world_size)
+    objective = objective_from_config(cfg)
 
     # data and model
     train_source, val_source, val_split = cfg.train_data, cfg.val_data, cfg.val_split
@@ -154,8 +156,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
             cfg.pretrained,
             cfg.context_length,
             cfg.keep_positions,
-            cfg.objective == "smartclip",
-            cfg.mask_heads,
+            with_mask="m" in objective.consumes,
+            mask_heads=cfg.mask_heads,
+            with_calibration="patches" in objective.consumes,
         ).to(env.device)
     except ValueError as err:  # weights that are no weights or do not fit --model
         raise RunError(str(err)) from None
@@ -175,8 +178,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
             seed=cfg.seed,
             rank=env.rank,
             world_size=env.world_size,
-            sentence_sampling=cfg.sentence_sampling,
-            caption_fit=cfg.caption_fit,
+            text=TextOptions(cfg.sentence_sampling, cfg.caption_fit, text_views(objective)),
             resampled=cfg.wds_resampled,
             pin_memory=env.device.type == "cuda",
             **options,
@@ -211,7 +213,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     scheduler = cosine_schedules(optimizer, total_steps, cfg.warmup, cfg.mask_warmup)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp")
     autocast = autocast_context(cfg.precision, env.device)
-    objective = objective_from_config(cfg)
 
     # resume
     progress = {

@@ -29,6 +29,7 @@ from smartclip.data import (
     Record,
     Sample,
     ShardDataset,
+    TextOptions,
     annotation_options,
     build_eval_set,
     build_train_loader,
@@ -224,7 +225,9 @@ def test_training_items_draw_captions_per_epoch_and_eval_items_do_not(tmp_path: 
     assert set(seen) == {"short caption", "First sentence.", long, long.rsplit(" ", 2)[0]}
     train.set_epoch(3)
     assert decode(train[0][1]) == seen[3]  # a function of (seed, epoch, index), not of history
-    whole = ImageTextDataset([record], ToTensor(), byte_tokenizer, sentence_sampling=False)
+    whole = ImageTextDataset(
+        [record], ToTensor(), byte_tokenizer, text=TextOptions(sentence_sampling=False)
+    )
     drawn = set()
     for epoch in range(30):
         whole.set_epoch(epoch)
@@ -713,15 +716,13 @@ def test_truncated_captions_reach_the_batch(
     for mode, n_truncated in (("truncate", 3), ("sentences", 1)):
         data = build_train_loader(
             path, ToTensor(), clip_tokenizer, batch_size=2, drop_last=False,
-            sentence_sampling=False, caption_fit=mode,
+            text=TextOptions(sentence_sampling=False, caption_fit=mode),
         )  # fmt: skip
         batches = list(data.loader)
         assert sum(b.images.shape[0] for b in batches) == 5
         assert sum(b.n_truncated for b in batches) == n_truncated, mode
     with pytest.raises(ValueError, match="caption_fit"):
-        ImageTextDataset([], ToTensor(), clip_tokenizer, caption_fit="words")
-    with pytest.raises(ValueError, match="caption_fit"):
-        ShardDataset(["a.tar"], ToTensor(), clip_tokenizer, caption_fit="words")
+        TextOptions(caption_fit="words")
 
 
 def test_shard_samples_report_truncation(scenes: dict[str, SplitFiles], tmp_path: Path) -> None:

@@ -326,6 +326,7 @@ def nan_from(first_bad: int, last_bad: int | None = None):
                 out.total = out.total * float("nan")
             return out
 
+        poisoned.consumes = objective.consumes
         return poisoned
 
     return factory
