@@ -145,16 +145,23 @@ class SyntheticCLIP(nn.Module):
         return t_emb, self.masknet(states) if self.masknet is not None else None
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, t_neg: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        t_neg: torch.Tensor | None = None,
+        t_short: torch.Tensor | None = None,
     ) -> Features:
-        """Features of a batch; `t_neg` [B, k, ...] are k hard-negative captions per row."""
+        """Features of a batch; `t_neg` [B, k, ...] are k hard-negative captions per row,
+        `t_short` short captions."""
         t_emb, m = self._text_and_mask(t)
-        t_negs = m_negs = None
+        out = Features(u=self.encode_image(x), t=t_emb, m=m)
         if t_neg is not None:
             flat, m_flat = self._text_and_mask(t_neg.flatten(0, 1))
-            t_negs = flat.view(*t_neg.shape[:2], -1)
-            m_negs = None if m_flat is None else m_flat.view(*t_neg.shape[:2], -1)
-        return Features(u=self.encode_image(x), t=t_emb, m=m, t_neg=t_negs, m_neg=m_negs)
+            out.t_neg = flat.view(*t_neg.shape[:2], -1)
+            out.m_neg = None if m_flat is None else m_flat.view(*t_neg.shape[:2], -1)
+        if t_short is not None:
+            out.t_short = self.encode_text(t_short)[0]
+        return out
 
 
 class PrecomposedText(nn.Module):

@@ -171,7 +171,8 @@ def fit(
     watch = CollapseWatch()
     for step in range(cfg.steps):
         batch = training_batch(world, cfg, step)
-        out = objective(model(batch.x, batch.t, batch.t_neg), model.logit_scale)
+        t_short = batch.t_short if "t_short" in objective.consumes else None
+        out = objective(model(batch.x, batch.t, batch.t_neg, t_short), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
         lr = sched.get_last_lr()[0]

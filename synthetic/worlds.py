@@ -140,6 +140,7 @@ class Batch:
     m: torch.Tensor  # [n, K] caption mask, 0/1 floats
     s_img: torch.Tensor  # [n, img_nuisance_dim]
     s_txt: torch.Tensor  # [n, txt_nuisance_dim]
+    t_short: torch.Tensor | None = None  # [n, t_dim] the caption of its first block alone
     t_neg: torch.Tensor | None = None  # hard-negative captions: this world defines none
 
 
@@ -227,10 +228,19 @@ class World:
         s_img = torch.randn(n, c.img_nuisance_dim, generator=gen)
         s_txt = torch.randn(n, c.txt_nuisance_dim, generator=gen)
         m = self.sample_masks(z, gen, mask)
-        m_dims = torch.cat([m[:, [k]].expand(n, d) for k, d in enumerate(c.block_dims)], dim=1)
         x = self.g_img(torch.cat([z, s_img], dim=1))
-        t = self.g_txt(torch.cat([z * m_dims, m, s_txt], dim=1))
+        t = self._caption(z, m, s_txt)
+        first = torch.zeros_like(m)  # a short caption: the lowest-index described block alone
+        first[torch.arange(n), m.argmax(1)] = m.max(1).values
+        t_short = self._caption(z, first, s_txt)
         if c.noise:
             x = x + c.noise * torch.randn(x.shape, generator=gen)
             t = t + c.noise * torch.randn(t.shape, generator=gen)
-        return Batch(x=x, t=t, z=z, m=m, s_img=s_img, s_txt=s_txt)
+            t_short = t_short + c.noise * torch.randn(t_short.shape, generator=gen)
+        return Batch(x=x, t=t, z=z, m=m, s_img=s_img, s_txt=s_txt, t_short=t_short)
+
+    def _caption(self, z: torch.Tensor, m: torch.Tensor, s_txt: torch.Tensor) -> torch.Tensor:
+        """t = g_T(z ⊙ m, m, s_T): the caption describing the blocks of m."""
+        c = self.config
+        m_dims = torch.cat([m[:, [k]].expand(len(m), d) for k, d in enumerate(c.block_dims)], dim=1)
+        return self.g_txt(torch.cat([z * m_dims, m, s_txt], dim=1))
