@@ -67,7 +67,6 @@ class CompositionalityConfig(TrainSettings):
 
     steps: int = field(default=1000, metadata={"help": "training steps per run"})
     batch_size: int = 256
-    logit_scale: float = 30.0
     out: str = field(default="runs/compositionality", metadata={"help": "output folder"})
     models: tuple[str, ...] = field(default=tuple(MODELS), metadata={"help": "models to train"})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "model and data seeds"})
