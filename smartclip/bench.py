@@ -34,12 +34,12 @@ import open_clip
 import torch
 
 from smartclip.cli import parse_config, require
-from smartclip.data import Batch
+from smartclip.data import MAX_SENTENCES, Batch
 from smartclip.distributed import resolve_device
 from smartclip.losses import OBJECTIVES
 from smartclip.model import LONG_CONTEXT, TINY_MODEL, autocast_context, build_model
 from smartclip.optim import param_groups
-from smartclip.step import forward_backward, objective_from_config
+from smartclip.step import forward_backward, objective_from_config, text_views
 from smartclip.train_config import TrainConfig
 
 # dense (no sparsity) peak FLOP/s by device name substring and precision
@@ -139,9 +139,22 @@ def training_flops(
 def step_flops_per_sample(config: dict, context_length: int, objective: str, batch: int) -> float:
     """Training FLOPs per pair: `training_flops` of the towers (and mask network), plus 3 × the
     loss's B×B×D matmuls (2 per pair: CLIP's two similarity matrices, SmartCLIP's numerators and
-    squared norms)."""
+    squared norms). Long-CLIP adds a text-tower pass for the short caption (and a second pair
+    of similarity matrices); MulCLIP one for the short caption and one per sub-caption slot
+    (`MAX_SENTENCES`, all filled) and its two calibration layers (2·2·D² per token, on the patch
+    and text tokens); the peers' other loss terms (PCA, token reconstructions, sub-caption
+    pooling) are left out, under 1 % of a ViT-B/16 step."""
     parts = training_flops(config, context_length, objective == "smartclip")
-    return sum(parts.values()) + 3 * 2 * 2 * batch * config["embed_dim"]
+    loss = 3 * 2 * 2 * batch * config["embed_dim"]
+    total = sum(parts.values()) + loss
+    if objective == "longclip":
+        total += parts["text"] + loss
+    elif objective == "mulclip":
+        v = config["vision_cfg"]
+        tokens = (v["image_size"] // v["patch_size"]) ** 2 + context_length
+        total += (1 + MAX_SENTENCES) * parts["text"] + loss / 2
+        total += 3 * 2 * 2 * 2 * tokens * config["embed_dim"] ** 2
+    return total
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
@@ -172,21 +185,34 @@ def run_one(cfg: BenchConfig, name: str, objective: str, device: torch.device) -
         workers=0,
     )
     torch.manual_seed(0)
-    with_mask = objective == "smartclip"
-    model = build_model(name, None, cfg.context_length, with_mask=with_mask).to(device)
+    loss_fn = objective_from_config(train_cfg)
+    needs = loss_fn.consumes
+    model = build_model(
+        name,
+        None,
+        cfg.context_length,
+        with_mask="m" in needs,
+        with_calibration="patches" in needs,
+    ).to(device)
     if cfg.grad_checkpointing:
         model.clip.set_grad_checkpointing()
     forward = torch.compile(model) if cfg.torchcompile else model
     groups = param_groups(model, train_cfg.lr, train_cfg.wd, train_cfg.mask_lr, train_cfg.mask_wd)
     optimizer = torch.optim.AdamW(groups)
-    loss_fn = objective_from_config(train_cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "amp")
     autocast = autocast_context(precision, device)
     size = model.clip.visual.image_size
     size = size if isinstance(size, tuple) else (size, size)
     images = torch.randn(batch, 3, *size)
     tokens = torch.randint(1, 49_000, (batch, cfg.context_length))
-    step_batch = [Batch(images, tokens, 0)]
+    views = text_views(loss_fn)  # short captions and every sub-caption slot filled: worst case
+    short = tokens.roll(1, 0) if "short" in views else None
+    subs = (
+        torch.randint(1, 49_000, (batch, MAX_SENTENCES, cfg.context_length))
+        if "subs" in views
+        else None
+    )
+    step_batch = [Batch(images, tokens, 0, 0, None, short, subs)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
