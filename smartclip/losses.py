@@ -9,6 +9,10 @@ single-process loss on the global batch. `OBJECTIVES` maps each name to its clas
 
 Hard negatives (NegCLIP): when `Features.t_neg` holds k negative captions per row, they join the
 image→text direction as extra columns (they describe no image, so text→image is unchanged).
+
+Long-caption objectives: `LongCLIPLoss` (fine-grained long captions plus a coarse match of the
+short caption with a PCA-reduced image embedding) and `MulCLIPLoss` (global, token-reconstruction
+and sub-caption patch alignment) read the further `Features` fields their `consumes` names.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ class Features:
 
     u: [b, D] unnormalised image embedding; t: [b, D] normalised caption embedding;
     m: [b, D] caption masks (SmartCLIP); t_neg, m_neg: [b, k, D] hard-negative captions of each
-    row (normalised) and their masks."""
+    row (normalised) and their masks.
+    Long captions: t_short: [b, D] normalised embedding of the short caption (the long caption's
+    first sentence); patches: [b, P, D] the image's patch tokens in the joint space; tokens:
+    [b, L, D] the caption's token features in the joint space; token_mask: [b, L] True for real
+    (non-padding) tokens; subs: [b, S, D] normalised embeddings of the caption's sentences,
+    padded; sub_mask: [b, S] True for real sentences. Masks may be boolean or 0/1 floats
+    (a float copy, e.g. for an fp32 loss, keeps its meaning: nonzero is real)."""
 
     u: torch.Tensor
     t: torch.Tensor
@@ -93,6 +103,31 @@ def _targets(local: Features, offset: int) -> torch.Tensor:
     return torch.arange(local.u.shape[0], device=local.u.device) + offset
 
 
+def _require(objective: object, local: Features) -> None:
+    """Raise if a field the objective `consumes` is missing from `local`."""
+    missing = sorted(f for f in objective.consumes if getattr(local, f) is None)
+    if missing:
+        raise ValueError(f"{type(objective).__name__} needs the Features fields {missing}")
+
+
+def info_nce(
+    x_local: torch.Tensor,
+    y_local: torch.Tensor,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    target: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows of both InfoNCE directions between paired embeddings x and y:
+    (CE(s·x_local y_allᵀ, target), CE(s·y_local x_allᵀ, target)), `target` = the global index
+    of each local row, every cross entropy with `label_smoothing` ε:
+    CE_ε(z, i) = −(1 − ε) log softmax(z)_i − ε · mean_j log softmax(z)_j."""
+    x2y = F.cross_entropy(logit_scale * x_local @ y_all.T, target, label_smoothing=label_smoothing)
+    y2x = F.cross_entropy(logit_scale * y_local @ x_all.T, target, label_smoothing=label_smoothing)
+    return x2y, y2x
+
+
 def mask_health(m: torch.Tensor) -> dict[str, torch.Tensor]:
     """mask_on: mean number of dimensions on per caption; mask_varying: how many dimensions
     are on for some captions of the batch and off for others (0 = the mask ignores the caption)."""
@@ -117,9 +152,7 @@ class ClipLoss:
         glob = _global(local, gathered)
         u_n, u_g = F.normalize(local.u, dim=-1), F.normalize(glob.u, dim=-1)
         texts = glob.t if glob.t_neg is None else torch.cat([glob.t, glob.t_neg.flatten(0, 1)])
-        target = _targets(local, offset)
-        i2t = F.cross_entropy(logit_scale * u_n @ texts.T, target)
-        t2i = F.cross_entropy(logit_scale * local.t @ u_g.T, target)
+        i2t, t2i = info_nce(u_n, local.t, u_g, texts, logit_scale, _targets(local, offset))
         return LossOutput((i2t + t2i) / 2, {"i2t": i2t.detach(), "t2i": t2i.detach()})
 
 
@@ -184,10 +217,227 @@ class SmartCLIPLoss:
         )
 
 
-OBJECTIVES: dict[str, type] = {"smartclip": SmartCLIPLoss, "clip": ClipLoss}
+def pca_reconstruct(x: torch.Tensor, k: int) -> torch.Tensor:
+    """PCA_k(X) = (X − μ) V_k V_kᵀ + μ for the rows of X [n, D]: μ is the mean row and V_k the top
+    k right singular vectors of X − μ, so each row is projected onto the batch's top k principal
+    components and mapped back to D dimensions (not re-normalised); gradients flow through the SVD.
+
+    The centred rows span at most r = min(n − 1, D) dimensions, so for k ≥ r PCA_k(X) = X exactly
+    and X is returned as is (this also covers batches of fewer than k + 1 rows)."""
+    if k >= min(x.shape[0] - 1, x.shape[1]):
+        return x
+    mu = x.mean(0, keepdim=True)
+    centred = x - mu
+    top = torch.linalg.svd(centred, full_matrices=False).Vh[:k]
+    return centred @ top.T @ top + mu
 
 
-def build_objective(name: str, **settings: object) -> ClipLoss | SmartCLIPLoss:
+class LongCLIPLoss:
+    """Long-CLIP (ECCV 2024): w_fine L_fine + w_coarse L_coarse, every cross entropy with label
+    smoothing ε (`info_nce`).
+
+    L_fine = ½ [CE_ε(s·ûₙ tᵀ) + CE_ε(s·t ûₙᵀ)]: CLIP's symmetric InfoNCE between the
+    L2-normalised image embedding û and the long caption t.
+    L_coarse = ½ [CE_ε(s·PCA_k(Û) t_shortᵀ) + CE_ε(s·t_short PCA_k(Û)ᵀ)]: the same between the
+    image embeddings reduced to their top k = `pca_components` principal components
+    (`pca_reconstruct`, not re-normalised, as in the release) and the short caption.
+
+    PCA_k is taken over the GLOBAL batch Û (all ranks' normalised image embeddings, gathered with
+    gradients), so each rank's rows are rows of one global loss and the DDP contract holds. The
+    release computes it on each GPU's own rows before gathering, which makes its loss depend on
+    how the batch is split across GPUs. Defaults are the release's: w = (1, 1), k = 32, ε = 0.1.
+    """
+
+    consumes: ClassVar[frozenset[str]] = frozenset({"u", "t", "t_short"})
+
+    def __init__(
+        self,
+        fine_weight: float = 1.0,
+        coarse_weight: float = 1.0,
+        pca_components: int = 32,
+        label_smoothing: float = 0.1,
+    ) -> None:
+        if pca_components < 1:
+            raise ValueError(f"pca_components must be at least 1, got {pca_components}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        self.fine_weight, self.coarse_weight = fine_weight, coarse_weight
+        self.pca_components, self.label_smoothing = pca_components, label_smoothing
+
+    def __call__(
+        self,
+        local: Features,
+        logit_scale: torch.Tensor | float,
+        gathered: Features | None = None,
+        offset: int = 0,
+    ) -> LossOutput:
+        _require(self, local)
+        glob = _global(local, gathered)
+        target, eps = _targets(local, offset), self.label_smoothing
+        u_n, u_g = F.normalize(local.u, dim=-1), F.normalize(glob.u, dim=-1)
+        fine = sum(info_nce(u_n, local.t, u_g, glob.t, logit_scale, target, eps)) / 2
+        coarse_all = pca_reconstruct(u_g, self.pca_components)
+        coarse_local = coarse_all[offset : offset + local.u.shape[0]]
+        pairs = (coarse_local, local.t_short, coarse_all, glob.t_short)
+        coarse = sum(info_nce(*pairs, logit_scale, target, eps)) / 2
+        total = self.fine_weight * fine + self.coarse_weight * coarse
+        return LossOutput(total, {"fine": fine.detach(), "coarse": coarse.detach()})
+
+
+def _row_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Σ_j real_ij values_ij / Σ_j real_ij: each row's mean over its real entries ([b, n] → [b])."""
+    return torch.where(real, values, 0.0).sum(1) / real.sum(1)
+
+
+def _self_retrieval(
+    recon: torch.Tensor, originals: torch.Tensor, real: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Per row, mean over real j of −log softmax_{j′ real}(cos(recon_j, originals_j′) / τ)_j: each
+    reconstruction must pick out its own original among the row's real entries. recon,
+    originals (row-normalised): [b, n, D]; real: [b, n] → [b]."""
+    logits = F.normalize(recon, dim=-1) @ originals.transpose(1, 2) / temperature
+    logits = logits.masked_fill(~real[:, None, :], float("-inf"))
+    return _row_mean(-logits.log_softmax(-1).diagonal(dim1=1, dim2=2), real)
+
+
+def token_reconstruction_loss(
+    patches: torch.Tensor,
+    tokens: torch.Tensor,
+    token_mask: torch.Tensor,
+    attn_temperature: float,
+    word_temperature: float,
+) -> torch.Tensor:
+    """MulCLIP's L_word of each pair: L_recon,text + L_recon,image ([b, P, D], [b, L, D], [b, L]
+    boolean → [b]).
+
+    With V the row-normalised patches and T the row-normalised real tokens of a pair,
+    T̃ = softmax_rows(T Vᵀ / τ_a) V rebuilds each token from the patches and
+    Ṽ = softmax_rows(V Tᵀ / τ_a) T each patch from the tokens;
+    L_recon,text = mean_j CE_{j′}(cos(T̃_j, T_j′) / τ_w, j) and
+    L_recon,image = mean_p CE_{p′}(cos(Ṽ_p, V_p′) / τ_w, p) (`_self_retrieval`). Padded tokens
+    take part in neither softmax nor either mean. Every row needs at least one real token."""
+    v, t = F.normalize(patches, dim=-1), F.normalize(tokens, dim=-1)
+    sim = t @ v.transpose(1, 2) / attn_temperature  # [b, L, P]
+    t_rec = sim.softmax(-1) @ v
+    v_rec = sim.transpose(1, 2).masked_fill(~token_mask[:, None, :], float("-inf")).softmax(-1) @ t
+    every_patch = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
+    return _self_retrieval(t_rec, t, token_mask, word_temperature) + _self_retrieval(
+        v_rec, v, every_patch, word_temperature
+    )
+
+
+def subcaption_patch_similarity(
+    subs: torch.Tensor,
+    patches: torch.Tensor,
+    topk: int,
+    attn_temperature: float,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """cos(v̄_{n|c}, t_c) for every sentence c of `subs` [b, S, D] and every image n of `patches`
+    [B, P, D] → [b, S, B].
+
+    With V_n the row-normalised patches of image n, t̂_c = t_c / ‖t_c‖ and
+    a_{n,p} = cos(V_{n,p}, t_c) = V_{n,p} · t̂_c, K = the top min(k, P) patches by a_{n,p},
+    w = softmax_{p∈K}(a_{n,p} / τ_a) and v̄_{n|c} = normalise(Σ_{p∈K} w_p V_{n,p}). Computed as
+    Σ_p w_p a_{n,p} / √(wᵀ G_n w) with the Gram matrix G_n = V_n V_nᵀ, so no [b, S, B, D] tensor
+    is formed."""
+    v = F.normalize(patches, dim=-1)
+    a = torch.einsum("isd,npd->isnp", F.normalize(subs, dim=-1), v)
+    top = a.topk(min(topk, a.shape[-1]), dim=-1).indices
+    keep = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, top, True)
+    w = (a / attn_temperature).masked_fill(~keep, float("-inf")).softmax(-1)
+    sq_norm = torch.einsum("isnp,npq,isnq->isn", w, v @ v.transpose(1, 2), w)
+    return (w * a).sum(-1) * torch.rsqrt(sq_norm.clamp_min(eps * eps))
+
+
+class MulCLIPLoss:
+    """MulCLIP (arXiv 2512.07128): L_global + λ_W L_word + λ_S L_sub (λ_W = λ_S = 1 as on its
+    project page).
+
+    L_global = InfoNCE(û, t) + ½ InfoNCE(û, t_short), each CLIP's symmetric InfoNCE
+    ½ [CE(s·ûₙ yᵀ) + CE(s·y ûₙᵀ)] over the global batch, without label smoothing.
+    L_word (token reconstruction alignment): the mean over this rank's rows of
+    `token_reconstruction_loss`, within each pair, so nothing is gathered. The paper's
+    equation 6 contrasts a lowercase ṽ that its text never defines; we read it as the calibrated
+    patches v′ (V here) contrasted with their reconstructions Ṽ from the tokens, the mirror
+    image of the text side.
+    L_sub (sub-caption aggregated patch alignment), text→image only: for each real sentence c of
+    row i, ℓ_c = CE over the images n of the global batch of s·cos(v̄_{n|c}, t_c) with target i
+    (`subcaption_patch_similarity`, top k = `sub_topk`, temperature τ_a); L_sub = the mean over
+    this rank's rows of each row's mean ℓ_c over its real sentences. A per-row mean (rather than
+    one mean over all sentences of the global batch) is what keeps the DDP contract: a rank
+    averages its own rows without knowing how many sentences the other ranks hold.
+    τ_a = `attn_temperature`, τ_w = `word_temperature`. The patches and tokens arrive already
+    calibrated by the model and are only row-normalised here.
+    """
+
+    consumes: ClassVar[frozenset[str]] = frozenset(
+        {"u", "t", "t_short", "patches", "tokens", "token_mask", "subs", "sub_mask"}
+    )
+
+    def __init__(
+        self,
+        word_weight: float = 1.0,
+        sub_weight: float = 1.0,
+        attn_temperature: float = 0.1,
+        word_temperature: float = 0.1,
+        sub_topk: int = 16,
+    ) -> None:
+        if not (attn_temperature > 0 and word_temperature > 0):
+            raise ValueError(
+                f"temperatures must be positive, got {attn_temperature}, {word_temperature}"
+            )
+        if sub_topk < 1:
+            raise ValueError(f"sub_topk must be at least 1, got {sub_topk}")
+        self.word_weight, self.sub_weight = word_weight, sub_weight
+        self.attn_temperature, self.word_temperature = attn_temperature, word_temperature
+        self.sub_topk = sub_topk
+
+    def __call__(
+        self,
+        local: Features,
+        logit_scale: torch.Tensor | float,
+        gathered: Features | None = None,
+        offset: int = 0,
+    ) -> LossOutput:
+        _require(self, local)
+        glob = _global(local, gathered)
+        target = _targets(local, offset)
+        u_n, u_g = F.normalize(local.u, dim=-1), F.normalize(glob.u, dim=-1)
+        long = sum(info_nce(u_n, local.t, u_g, glob.t, logit_scale, target)) / 2
+        short = sum(info_nce(u_n, local.t_short, u_g, glob.t_short, logit_scale, target)) / 2
+        global_ = long + short / 2
+        word = token_reconstruction_loss(
+            local.patches,
+            local.tokens,
+            local.token_mask.bool(),
+            self.attn_temperature,
+            self.word_temperature,
+        ).mean()
+        sim = subcaption_patch_similarity(
+            local.subs, glob.patches, self.sub_topk, self.attn_temperature
+        )
+        real = local.sub_mask.bool()
+        nll = F.cross_entropy(
+            (logit_scale * sim).transpose(1, 2), target[:, None].expand_as(real), reduction="none"
+        )
+        sub = _row_mean(nll, real).mean()
+        total = global_ + self.word_weight * word + self.sub_weight * sub
+        terms = {"global": global_, "word": word, "sub": sub}
+        return LossOutput(total, {k: v.detach() for k, v in terms.items()})
+
+
+OBJECTIVES: dict[str, type] = {
+    "smartclip": SmartCLIPLoss,
+    "clip": ClipLoss,
+    "longclip": LongCLIPLoss,
+    "mulclip": MulCLIPLoss,
+}
+
+
+def build_objective(
+    name: str, **settings: object
+) -> ClipLoss | SmartCLIPLoss | LongCLIPLoss | MulCLIPLoss:
     """The objective called `name`, built with the settings its class takes (others ignored)."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose from {tuple(OBJECTIVES)}")
