@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from smartclip import distributed as dist
 from smartclip.data import Batch
 from smartclip.model import TINY_MODEL, build_model
-from smartclip.step import forward_backward, objective_from_config
+from smartclip.step import forward_backward, objective_from_config, text_views
 from smartclip.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +31,8 @@ VARIANTS = (
     ("smartclip", False, False),
     ("clip", True, True),
     ("smartclip", True, True),
+    ("longclip", True, False),
+    ("mulclip", True, False),
 )
 
 
@@ -52,12 +54,23 @@ def loss_and_grads(
     objective: str, local_loss: bool, negatives: bool, rows: slice, wrap: bool
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    model = build_model(TINY_MODEL, context_length=77, with_mask=objective == "smartclip")
+    needs = objective_from_config(TrainConfig(objective=objective)).consumes
+    model = build_model(
+        TINY_MODEL, context_length=77, with_mask="m" in needs, with_calibration="patches" in needs
+    )
     ddp = DistributedDataParallel(model) if wrap else None
     cfg = TrainConfig(objective=objective, local_loss=local_loss)
     images, texts, hard = global_batch()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    batch = Batch(images[rows], texts[rows], 0, 0, hard[rows] if negatives else None)
+    views = text_views(objective_from_config(TrainConfig(objective=objective)))
+    short = texts.roll(1, 0)[rows] if "short" in views else None
+    subs = None
+    if "subs" in views:  # two sentence slots, the second empty on odd rows
+        subs = torch.stack(
+            [texts, texts.roll(2, 0) * (torch.arange(GLOBAL_ROWS) % 2 == 0)[:, None]], 1
+        )
+        subs = subs[rows]
+    batch = Batch(images[rows], texts[rows], 0, 0, hard[rows] if negatives else None, short, subs)
     objective = objective_from_config(cfg)
     result = forward_backward(
         ddp or model, ddp, [batch], objective, cfg, torch.device("cpu"), scaler, nullcontext
