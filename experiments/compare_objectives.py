@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -62,37 +62,46 @@ class CompareConfig:
         default=2, metadata={"help": "fine-tuning epochs, every objective"}
     )
     steps: int | None = field(default=None, metadata={"help": "cap on each run's steps"})
+    batch_size: int = field(default=128, metadata={"help": "scenes: batch of every run"})
     synthetic_worlds: tuple[str, ...] = field(
         default=("custom",), metadata={"help": "synthetic worlds (empty: skip them)"}
     )
     synthetic_steps: int = field(default=10_000, metadata={"help": "steps per synthetic run"})
+    synthetic_n_eval: int = field(default=2000, metadata={"help": "synthetic held-out samples"})
     workers: int = field(default=2, metadata={"help": "parallel processes"})
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         require(not unknown, "objectives", f"unknown {unknown}; choose from {OBJECTIVES}")
         require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
-        for name in ("scenes_images", "pretrain_epochs", "finetune_epochs", "synthetic_steps"):
+        positive = ("scenes_images", "pretrain_epochs", "finetune_epochs", "synthetic_steps")
+        positive += ("synthetic_n_eval",)
+        for name in (*positive, "batch_size"):
             require(getattr(self, name) >= 1, name, "must be at least 1")
         require(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         require(self.workers >= 1, "workers", "must be at least 1")
 
-    def train_config(self, stage: str, seed: int, pretrained: str | None) -> TrainConfig:
-        """The trainer's config of one run (its log folder is set by the job)."""
+    def train_settings(self, stage: str, seed: int, pretrained: str | None) -> dict:
+        """The trainer's settings of one run, as `TrainConfig` keyword arguments (the job builds
+        the config once the pre-trained export exists, and sets its log folder)."""
         base = {**TRAIN_PRESETS["tiny-clip" if stage == "pretrain" else "tiny-smartclip"]}
         base |= {"scenes_dir": self.scenes_dir, "scenes_images": self.scenes_images, "seed": seed}
         base |= {"save_every_steps": 0, "val_frequency": 0, "steps": self.steps}
+        base |= {"batch_size": self.batch_size}
         if stage == "pretrain":
-            return TrainConfig(**base, epochs=self.pretrain_epochs)
-        return TrainConfig(
-            **base, objective=stage, pretrained=pretrained, epochs=self.finetune_epochs
-        )
+            return {**base, "epochs": self.pretrain_epochs}
+        return {
+            **base,
+            "objective": stage,
+            "pretrained": pretrained,
+            "epochs": self.finetune_epochs,
+        }
 
 
 PRESETS: dict[str, dict] = {
     "quick": {
         "seeds": (0,), "scenes_images": 200, "pretrain_epochs": 2, "finetune_epochs": 1,
-        "synthetic_steps": 300,
+        "batch_size": 32, "synthetic_steps": 300, "synthetic_n_eval": 500,
     },
 }  # fmt: skip
 
@@ -120,10 +129,10 @@ def evaluation_files(scenes: Path, out: Path) -> dict[str, Path]:
 
 
 def train_and_measure(
-    ctx: RunContext, meta: dict, train_config: TrainConfig, evaluation: dict[str, str]
+    ctx: RunContext, meta: dict, train_settings: dict, evaluation: dict[str, str]
 ) -> list[dict]:
     """One trainer run into the job's log folder, then its export measured on the val scenes."""
-    cfg = replace(train_config, logs=str(ctx.log_dir.parent), name=ctx.log_dir.name)
+    cfg = TrainConfig(**train_settings, logs=str(ctx.log_dir.parent), name=ctx.log_dir.name)
     run_dir = run(cfg)
     ctx.progress(1)
     weights = str(run_dir / "export" / EXPORT_WEIGHTS_NAME)
@@ -162,7 +171,7 @@ def scene_jobs(
             fn=train_and_measure,
             kwargs={
                 "meta": {"world": "scenes", "objective": name, "seed": seed},
-                "train_config": cfg.train_config(name, seed, pretrained),
+                "train_settings": cfg.train_settings(name, seed, pretrained),
                 "evaluation": evaluation,
             },
         )
@@ -248,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.synthetic_worlds:
         recovery = RecoveryConfig(
             steps=cfg.synthetic_steps,
+            n_eval=cfg.synthetic_n_eval,
             objectives=tuple(o for o in cfg.objectives if o in SYNTHETIC_OBJECTIVES),
             seeds=cfg.seeds,
             worlds=cfg.synthetic_worlds,

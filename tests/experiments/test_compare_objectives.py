@@ -9,16 +9,16 @@ import pytest
 from smartclip.data import sentences
 
 
-def test_fine_tuning_runs_share_everything_but_the_objective():
+def test_fine_tuning_runs_share_all_but_the_objective():
     cfg = co.CompareConfig()
-    runs = {o: cfg.train_config(o, 1, "w.bin") for o in co.OBJECTIVES}
+    runs = {o: co.TrainConfig(**cfg.train_settings(o, 1, None)) for o in co.OBJECTIVES}
     first = runs["clip"]
     for objective, train_config in runs.items():
-        assert train_config.objective == objective
-        assert train_config.pretrained == "w.bin" and train_config.seed == 1
+        assert train_config.objective == objective and train_config.seed == 1
         same = {k: v for k, v in vars(train_config).items() if k != "objective"}
         assert same == {k: v for k, v in vars(first).items() if k != "objective"}
-    pretrain = cfg.train_config("pretrain", 0, None)
+    assert cfg.train_settings("mulclip", 0, "w.bin")["pretrained"] == "w.bin"
+    pretrain = co.TrainConfig(**cfg.train_settings("pretrain", 0, None))
     assert pretrain.objective == "clip" and pretrain.pretrained is None
     assert pretrain.epochs == cfg.pretrain_epochs and first.epochs == cfg.finetune_epochs
 
@@ -50,11 +50,13 @@ def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
 
 
 @pytest.mark.slow
-def test_every_objective_trains_and_is_measured(tmp_path):
+def test_each_objective_trains_and_is_measured(tmp_path):
     out = tmp_path / "compare"
     co.main(
-        ["--seeds", "0", "--scenes-images", "40", "--scenes-dir", str(tmp_path / "scenes")]
-        + ["--steps", "2", "--synthetic-steps", "20", "--workers", "1", "--out", str(out)]
+        ["--seeds", "0", "--scenes-images", "120", "--scenes-dir", str(tmp_path / "scenes")]
+        + ["--steps", "2", "--batch-size", "8", "--synthetic-steps", "20", "--workers", "1"]
+        + ["--synthetic-n-eval", "200"]
+        + ["--out", str(out)]
     )
     results = pd.read_csv(out / "results.csv")
     scenes = results[results.world == "scenes"]
