@@ -290,12 +290,13 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def plot(results: pd.DataFrame, out: Path) -> None:
-    """preserve.png, disentangle.png, and per world (first seed) the SmartCLIP block × mask-dims
-    R² matrix and the mask_on (block × embedding dim) matrix."""
+    """preserve.png, disentangle.png, mask_health.png, and per world (first seed) the SmartCLIP
+    block × mask-dims R² matrix and the mask_on (block × embedding dim) matrix."""
     plot_grouped_bars(results, ["preserve_r2"], out / "preserve.png")
     smart = results[results.objective == "smartclip"]
     if smart.empty:
         return
+    plot_mask_health(smart, out, out / "mask_health.png")
     plot_grouped_bars(smart, ["disentangle_in_r2", "disentangle_out_r2"], out / "disentangle.png")
     for world, w in smart.groupby("world", sort=False):
         first = w[w.seed == w.seed.min()]
@@ -318,6 +319,35 @@ def plot(results: pd.DataFrame, out: Path) -> None:
                 -1,
                 1,
             )
+
+
+def plot_mask_health(results: pd.DataFrame, out: Path, path: Path) -> None:
+    """The mask's health during training, from each SmartCLIP run's log (OUT/logs/<run>/
+    train.csv): how many mask dimensions vary across a batch's captions (0: the mask ignores the
+    caption) and the mean number on, per logged step; one line per run, labelled by world, seed
+    and the run's mean out-of-subset R² (high: the masked embedding carries absent blocks)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    leak = results[results.quantity == "disentangle_out_r2"].groupby("run").value.mean()
+    runs = results.drop_duplicates("run")
+    for _, r in runs.iterrows():
+        logs = list((out / "logs").glob(f"*-{r.run}/train.csv"))
+        if not logs:
+            continue
+        trace = pd.read_csv(logs[0])
+        label = f"{r.world} seed {r.seed} (out {leak.get(r.run, float('nan')):.2f})"
+        for ax, column in zip(axes, ("mask_varying", "mask_on"), strict=True):
+            ax.plot(trace.step, trace[column], lw=1, label=label)
+    axes[0].set_ylabel("mask dims varying across the batch")
+    axes[1].set_ylabel("mask dims on, per caption")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def summary_table(results: pd.DataFrame) -> str:
