@@ -34,9 +34,9 @@ from identifiability.conditions import (
     predict,
 )
 from smartclip.checkpoint import atomic_write_text
-from smartclip.cli import parse_config, require
+from smartclip.cli import require
 from smartclip.fit import FitConfig, TrainSettings
-from sweep import Job, begin, run_sweep, write_json
+from sweep import Job, begin, markdown_table, parse_experiment, run_sweep, write_json
 from synthetic.worlds import WorldConfig
 
 PREDICTED = ("preserve_r2", "nuisance_r2", "disentangle_in_r2", "disentangle_out_r2", "block_r2")
@@ -231,13 +231,6 @@ def _miss(o: Outcome) -> float:
     return abs(o.value - o.expectation.bound)
 
 
-def markdown(table: pd.DataFrame) -> str:
-    cells = table.astype(str).map(lambda s: s.replace("|", "\\|"))
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def plot(margins: pd.DataFrame, verdicts: dict[str, str], path: Path) -> None:
     """Signed margin of every claim (value − bound for ≥ claims, bound − value for ≤ claims;
     > 0 means the claim held) per world; theorem/bound claims in blue, void ones in orange."""
@@ -298,10 +291,7 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--quick" in argv:  # shorthand for --preset quick
-        argv = ["--preset", "quick", *(a for a in argv if a != "--quick")]
-    cfg = parse_config(ViolationConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+    cfg = parse_experiment(ViolationConfig, argv, PRESETS, __doc__)
     out = Path(cfg.out)
     preds = predictions(cfg)  # before any training
     todo = jobs(cfg)
@@ -324,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_sweep(todo, out, cfg.workers, desc="assumption_violations")
     table, margins = compare(preds, results)
     table.to_csv(out / "table.csv", index=False)
-    atomic_write_text(out / "table.md", markdown(table))
+    atomic_write_text(out / "table.md", markdown_table(table))
     plot(margins, dict(zip(table.world, table.verdict, strict=True)), out / "violations.png")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.drop(columns=["prediction", "worst failed claims"]).to_string(index=False))

@@ -29,20 +29,19 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from compositionality import interval
 from synthetic_recovery import RecoveryConfig
 from synthetic_recovery import jobs as recovery_jobs
 
 from smartclip.builtin import prepare_scenes
 from smartclip.checkpoint import atomic_write_text
-from smartclip.cli import parse_config, require
+from smartclip.cli import require
 from smartclip.data import sentences
 from smartclip.eval import EvalConfig, evaluate_weights
 from smartclip.export import EXPORT_WEIGHTS_NAME
 from smartclip.train import run
 from smartclip.train_config import PRESETS as TRAIN_PRESETS
 from smartclip.train_config import TrainConfig
-from sweep import Job, RunContext, begin, run_sweep
+from sweep import Job, RunContext, begin, interval, markdown_table, parse_experiment, run_sweep
 
 OBJECTIVES = ("clip", "longclip", "mulclip", "smartclip")
 SYNTHETIC_OBJECTIVES = ("clip", "longclip", "smartclip")  # defined on vectors
@@ -209,15 +208,6 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def markdown(table: pd.DataFrame) -> str:
-    cells = table.fillna("—").astype(str)
-    lines = ["| world | objective | " + " | ".join(table.columns) + " |"]
-    lines.append("|---|---|" + "---|" * len(table.columns))
-    for (world, objective), row in zip(cells.index, cells.values, strict=True):
-        lines.append(f"| {world} | {objective} | " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def plot(results: pd.DataFrame, path: Path) -> None:
     """Long- and short-caption text→image R@1 per objective (mean, min-max over seeds)."""
     import matplotlib.pyplot as plt
@@ -242,10 +232,7 @@ def plot(results: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--quick" in argv:  # shorthand for --preset quick
-        argv = ["--preset", "quick", *(a for a in argv if a != "--quick")]
-    cfg = parse_config(CompareConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+    cfg = parse_experiment(CompareConfig, argv, PRESETS, __doc__)
     out = Path(cfg.out)
     scenes = prepare_scenes(cfg.scenes_dir, cfg.scenes_images)
     evaluation = {k: str(v) for k, v in evaluation_files(scenes, out).items()}
@@ -274,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     results = pd.concat([first, rest], ignore_index=True)
     atomic_write_text(out / "results.csv", results.to_csv(index=False))
     table = summary(results)
-    atomic_write_text(out / "summary.md", markdown(table))
+    atomic_write_text(out / "summary.md", markdown_table(table))
     plot(results, out / "retrieval.png")
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(table.to_string())

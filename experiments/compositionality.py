@@ -27,7 +27,6 @@ OUT/config.json; resumes an interrupted OUT and reruns what a changed flag affec
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,10 +40,10 @@ from scipy import stats
 
 from identifiability.metrics import r2_scores
 from smartclip.checkpoint import atomic_write_text
-from smartclip.cli import parse_config, require
+from smartclip.cli import require
 from smartclip.encoders import PrecomposedText, SyntheticCLIP
 from smartclip.fit import FitConfig, TrainSettings, fit, held_out_batch
-from sweep import Job, RunContext, begin, run_sweep
+from sweep import Job, RunContext, begin, interval, markdown_table, parse_experiment, run_sweep
 from synthetic.seeding import stream
 from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld, TokenWorldConfig
 
@@ -229,13 +228,6 @@ def jobs(cfg: CompositionalityConfig) -> list[Job]:
 # ---------------------------------------------------------------------------------- reporting
 
 
-def interval(values: pd.Series) -> str:
-    """mean ± half-width of the 95% t-interval over seeds (± 0 for a single seed)."""
-    n = len(values)
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
-    return f"{values.mean():.3f} ± {half:.3f}"
-
-
 def summary(results: pd.DataFrame) -> pd.DataFrame:
     """One row per model: mean ± 95% CI over seeds of every headline quantity."""
     r = results.fillna({"block": "", "subset": ""})
@@ -264,16 +256,6 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame(columns)
     order = [m for name in MODELS for m in (name, name + "/g**") if m in table.index]
     return table.reindex(order)
-
-
-def markdown(table: pd.DataFrame) -> str:
-    cells = table.fillna("—").astype(str)
-    lines = ["| model | " + " | ".join(table.columns) + " |", "|---|" + "---|" * len(table.columns)]
-    lines += [
-        f"| {i} | " + " | ".join(row) + " |"
-        for i, row in zip(cells.index, cells.values, strict=True)
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def plot(results: pd.DataFrame, path: Path) -> None:
@@ -305,16 +287,13 @@ def plot(results: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--quick" in argv:  # shorthand for --preset quick
-        argv = ["--preset", "quick", *(a for a in argv if a != "--quick")]
-    cfg = parse_config(CompositionalityConfig, argv, PRESETS, description=__doc__.split("\n")[0])
+    cfg = parse_experiment(CompositionalityConfig, argv, PRESETS, __doc__)
     out = Path(cfg.out)
     todo = jobs(cfg)
     begin(out, {"config": cfg}, todo, derived=("results.csv", "summary.md", "accuracy.png"))
     results = run_sweep(todo, out, cfg.workers, desc="compositionality")
     table = summary(results)
-    atomic_write_text(out / "summary.md", markdown(table))
+    atomic_write_text(out / "summary.md", markdown_table(table))
     plot(results, out / "accuracy.png")
     with pd.option_context("display.width", 250, "display.max_columns", 40):
         print(table.to_string())

@@ -23,22 +23,55 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import queue
-from collections.abc import Callable, Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 from tqdm import tqdm
 
 from smartclip.checkpoint import atomic_write_text
-from smartclip.cli import flag_name
+from smartclip.cli import flag_name, parse_config
 
 COLUMNS = ["world", "objective", "seed", "quantity", "block", "subset", "dim", "value", "run"]
 DERIVED = ("results.csv", "summary.txt")
+
+
+def parse_experiment(
+    cls: type, argv: Sequence[str] | None, presets: Mapping[str, Mapping[str, Any]], doc: str
+) -> Any:
+    """`smartclip.cli.parse_config` for an experiment script: `--quick` is shorthand for
+    `--preset quick`, and the script's first docstring line describes it in `--help`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quick" in argv:
+        argv = ["--preset", "quick", *(a for a in argv if a != "--quick")]
+    return parse_config(cls, argv, presets, description=doc.split("\n")[0])
+
+
+def interval(values: pd.Series) -> str:
+    """mean ± half-width of the 95 % t-interval over seeds (± 0 for a single seed)."""
+    n = len(values)
+    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
+    return f"{values.mean():.3f} ± {half:.3f}"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A markdown table of `table`; a named index becomes the first column(s), NaN shows as —
+    and "|" inside a cell is escaped."""
+    if any(name is not None for name in table.index.names):
+        table = table.reset_index()
+    cells = table.astype(object).where(table.notna(), "—").astype(str)
+    cells = cells.map(lambda text: text.replace("|", "\\|"))
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def _plain(obj: Any) -> Any:

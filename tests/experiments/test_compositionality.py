@@ -43,12 +43,6 @@ def test_share_right_counts_ties_half():
     assert comp.share_right(torch.tensor([3.0, 3.0]), torch.tensor([1.0, 2.0])) == 1.0
 
 
-def test_interval_is_the_t_interval_over_seeds():
-    assert comp.interval(pd.Series([0.5])) == "0.500 ± 0.000"
-    # mean 2, sd 1, n 3: t_{0.975, 2} = 4.303 → half-width 4.303 / √3 = 2.484
-    assert comp.interval(pd.Series([1.0, 2.0, 3.0])) == "2.000 ± 2.484"
-
-
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
