@@ -45,7 +45,7 @@ from tqdm import tqdm
 from smartclip import distributed as dist
 from smartclip.builtin import prepare_scenes
 from smartclip.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from smartclip.cli import parse_config
+from smartclip.cli import flag_name, parse_config
 from smartclip.data import (
     TextOptions,
     annotation_options,
@@ -107,6 +107,25 @@ def run_directory(cfg: TrainConfig) -> tuple[Path, Path | None]:
     if any((run_dir / "checkpoints").glob("*.pt")):
         raise RunError(f"run {run_dir} has checkpoints: pick another --name or --resume latest")
     return run_dir, None
+
+
+# flags that change how a run is operated, not what it computes: free to differ on resume
+OPERATIONAL = (
+    "resume", "name", "logs", "workers", "device", "save_frequency", "save_every_steps",
+    "val_frequency", "log_every_n_steps", "steps", "epochs",
+)  # fmt: skip
+
+
+def changed_settings(stored: dict, cfg: TrainConfig) -> list[str]:
+    """'--flag: stored → now' for every setting that differs from a checkpoint's config, except
+    the OPERATIONAL ones (a resumed run continues the same computation)."""
+    stored = json.loads(json.dumps(stored))  # tuples and lists alike on both sides
+    now = json.loads(json.dumps(asdict(cfg)))
+    return [
+        f"{flag_name(k)}: {stored.get(k)!r} → {now[k]!r}"
+        for k in now
+        if k not in OPERATIONAL and stored.get(k) != now[k]
+    ]
 
 
 def probe_images(dataset: torch.utils.data.Dataset) -> None:
@@ -222,11 +241,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
-        if (ckpt["model_name"], ckpt["context_length"]) != (cfg.model, cfg.context_length):
-            raise RunError(
-                f"{resume} holds {ckpt['model_name']} at context "
-                f"{ckpt['context_length']}, not {cfg.model} at {cfg.context_length}"
-            )
+        changed = changed_settings(ckpt["config"], cfg)
+        if changed:
+            raise RunError(f"{resume} was trained with other settings: {'; '.join(changed)}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])

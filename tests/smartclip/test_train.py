@@ -402,3 +402,14 @@ def test_hard_negatives_from_a_csv_column_join_the_image_to_text_contrast(scenes
         first[name] = read_csv(tmp_path / name / "train.csv")[0]
     assert float(first["mined"]["i2t"]) > float(first["plain"]["i2t"])
     assert first["mined"]["t2i"] == first["plain"]["t2i"]  # negatives describe no image
+
+
+def test_resuming_with_other_settings_is_refused(scenes, tmp_path, capsys) -> None:
+    """A resumed run must continue the same computation: a changed setting stops it with one
+    line naming the flag (operational flags such as --steps may change)."""
+    argv = flags(scenes, tmp_path, "r", "--steps", "2", "--save-every-steps", "1")
+    train.main(argv)
+    train.main([*argv[:-2], "--steps", "3", "--resume", "latest"])  # more steps: fine
+    assert read_csv(tmp_path / "r" / "train.csv")[-1]["step"] == "3"
+    line = stops_with([*argv, "--steps", "4", "--resume", "latest", "--lr", "0.5"], capsys)
+    assert "--lr: 0.0001 → 0.5" in line
