@@ -381,7 +381,10 @@ def evaluate_weights(
             image_root=cfg.image_root,
             split=cfg.split,
         )
-        eval_set = build_eval_set(cfg.data, fmt, **options)
+        try:
+            eval_set = build_eval_set(cfg.data, fmt, **options)
+        except ValueError as err:  # an unusable file or an empty set: one line
+            raise SystemExit(f"smartclip.eval: error: {err}") from None
         images = encode_images(
             model, eval_set, transform, device, autocast, cfg.batch_size, desc="images"
         )

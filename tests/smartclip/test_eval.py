@@ -518,3 +518,13 @@ def test_no_argument_run_evaluates_the_scenes_hard_negatives_when_they_exist(
     with_file = sc_eval.main([])
     assert [r["hard_negatives"]["swap_att@k2"]["items"] for r in with_file] == [1] * 4
     assert "hard_negatives.swap_att.image_items" in capsys.readouterr().out
+
+
+def test_an_empty_evaluation_set_is_one_line_and_a_failing_exit(tmp_path, capsys):
+    data = tmp_path / "c.csv"
+    data.write_text("filepath,title\nnope.png,a red circle\n")
+    with pytest.raises(SystemExit) as info:
+        sc_eval.main(["--data", str(data)])
+    message = str(info.value.code)
+    assert message.startswith("smartclip.eval: error:") and "evaluation set is empty" in message
+    assert "\n" not in message
