@@ -240,7 +240,7 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     add("InfoNCE", r[r.quantity == "infonce"])
     add("train loss", r[r.quantity == "final_loss"])
     for side in ("image", "text"):
-        add(f"R²(z_inv | {side})", r[(r.quantity == "invariant_r2") & (r.block == side)])
+        add(f"R² z_inv ({side})", r[(r.quantity == "invariant_r2") & (r.block == side)])
     for op in OPERATORS:
         for k in KS:
             add(

@@ -69,7 +69,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         table = table.reset_index()
     cells = table.astype(object).where(table.notna(), "—").astype(str)
     cells = cells.map(lambda text: text.replace("|", "\\|"))
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    header = [str(c).replace("|", "\\|") for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
