@@ -110,7 +110,7 @@ PRESETS: dict[str, dict] = {
 
 def evaluation_files(scenes: Path, out: Path) -> dict[str, Path]:
     """val captions as two retrieval sets: each scene's long-level caption, and its first
-    sentence; written once under out/data."""
+    sentence; written under out/data with absolute image paths."""
     rows = list(csv.DictReader((scenes / "val" / "captions.csv").open(newline="")))
     files = {}
     for kind in ("long", "short"):
@@ -122,7 +122,8 @@ def evaluation_files(scenes: Path, out: Path) -> dict[str, Path]:
             for row in rows:
                 if row["level"] == "long":
                     text = row["title"] if kind == "long" else sentences(row["title"])[0]
-                    writer.writerow([str(scenes / "val" / row["filepath"]), text, row["image_id"]])
+                    image = (scenes / "val" / row["filepath"]).resolve()
+                    writer.writerow([str(image), text, row["image_id"]])
         files[kind] = path
     return files
 

@@ -35,6 +35,21 @@ def test_summary_gives_mean_and_interval_per_objective():
     assert table.loc[("scenes", "clip"), "long t2i_r1"].startswith("11.000 ± ")
 
 
+def test_evaluation_files_point_at_the_images_from_anywhere(tmp_path, monkeypatch):
+    """The scenes folder is often relative (runs/data/scenes); the written sets must not be."""
+    from synthetic.scenes import write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_dataset("scenes", 30, ("csv",))
+    files = co.evaluation_files(co.Path("scenes"), tmp_path / "out")
+    for kind, path in files.items():
+        rows = list(co.csv.DictReader(path.open()))
+        assert rows and all(co.Path(r["filepath"]).is_absolute() for r in rows), kind
+        assert all(co.Path(r["filepath"]).is_file() for r in rows)
+    short = list(co.csv.DictReader(files["short"].open()))[0]["title"]
+    assert short.endswith(".") and short.count(". ") == 0
+
+
 def test_short_captions_are_first_sentences():
     assert sentences("A red circle sits at the top. The background is blue.")[0] == (
         "A red circle sits at the top."
