@@ -23,6 +23,9 @@ def cosine_lr(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+NEW_MODULES = ("masknet.", "calibration.")  # parameter names of modules trained from scratch
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -33,15 +36,16 @@ def param_groups(
 ) -> list[dict]:
     """AdamW groups named "backbone" (lr, wd), "backbone_no_wd" (lr, no decay: only with
     `wd_skip_gain_bias`, for biases, norm gains, embeddings and what open_clip's
-    `no_weight_decay()` names) and "mask" (the mask network: mask_lr, mask_wd). Parameters that
-    do not require gradients (the fixed logit scale) are left out."""
+    `no_weight_decay()` names) and "mask" (the modules trained from scratch: the mask network and
+    MulCLIP's calibration layers, at mask_lr, mask_wd). Parameters that do not require gradients
+    (the fixed logit scale) are left out."""
     clip = getattr(model, "clip", None)
     no_wd_names = {f"clip.{n}" for n in clip.no_weight_decay()} if clip is not None else set()
     groups: dict[str, list[nn.Parameter]] = {"backbone": [], "backbone_no_wd": [], "mask": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.startswith("masknet."):
+        if name.startswith(NEW_MODULES):
             groups["mask"].append(p)
         elif wd_skip_gain_bias and (p.ndim < 2 or name in no_wd_names or "embedding" in name):
             groups["backbone_no_wd"].append(p)

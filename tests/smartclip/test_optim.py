@@ -74,3 +74,10 @@ def test_pinned_rows_stay_bitwise_fixed_under_weight_decay() -> None:
     assert torch.equal(pos[:20], before[:20])
     assert (pos[20:40] != before[20:40]).any(dim=1).all()
     assert (pos[200:] != before[200:]).any(dim=1).all()  # unused rows: decay alone moves them
+
+
+def test_modules_trained_from_scratch_take_the_mask_rate():
+    model = build_model(TINY_MODEL, context_length=77, with_mask=False, with_calibration=True)
+    members = names_by_group(model, param_groups(model, 1e-6, 0.01, 1e-3, 0.0))
+    calibration = {n for n, _ in model.named_parameters() if n.startswith("calibration.")}
+    assert calibration and members["mask"] == calibration
