@@ -83,6 +83,12 @@ class BenchConfig:
     grad_checkpointing: bool = False
     torchcompile: bool = False
     output: str | None = field(default=None, metadata={"help": "JSON file"})
+    flops_only: bool = field(
+        default=False,
+        metadata={
+            "help": "print the analytic FLOPs per pair and their ratio to CLIP; time nothing"
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in self.models:
@@ -261,11 +267,43 @@ def run_one(cfg: BenchConfig, name: str, objective: str, device: torch.device) -
     }
 
 
+def analytic_rows(cfg: BenchConfig) -> list[dict]:
+    """`step_flops_per_sample` of every model and objective at the GPU batch (128 unless
+    `--batch-size`), and its ratio to CLIP's: what the step-time ratio would be at equal MFU."""
+    batch = cfg.batch_size or 128
+    rows = []
+    for model in cfg.models:
+        config = open_clip.get_model_config(model)
+        clip = step_flops_per_sample(config, cfg.context_length, "clip", batch)
+        for objective in cfg.objectives:
+            flops = step_flops_per_sample(config, cfg.context_length, objective, batch)
+            rows.append(
+                {
+                    "model": model,
+                    "objective": objective,
+                    "batch_size": batch,
+                    "train_flops_per_sample": flops,
+                    "over_clip": flops / clip,
+                }
+            )
+            print(
+                f"{model:>16} {objective:>9}  {flops / 1e9:8.1f} GFLOP per pair (training step)"
+                f"  × {flops / clip:.3f} of CLIP's"
+            )
+    if cfg.output:
+        out = Path(cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"config": asdict(cfg), "analytic": rows}, indent=1) + "\n")
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else list(argv)
     cfg = parse_config(
         BenchConfig, argv, prog="python -m smartclip.bench", description=__doc__.split("\n")[0]
     )
+    if cfg.flops_only:
+        return analytic_rows(cfg)
     device = resolve_device(cfg.device)
     models = cfg.models
     if device.type == "cpu" and not any(a.startswith("--models") for a in argv):

@@ -97,6 +97,23 @@ def test_cli_times_every_objective_beside_clip_on_cpu(tmp_path, capsys):
     assert capsys.readouterr().out.count("step / CLIP step") == len(bench.OBJECTIVES)
 
 
+def test_flops_only_reports_the_analytic_ratio_without_running_a_step(tmp_path, capsys):
+    out = tmp_path / "flops.json"
+    rows = bench.main(["--flops-only", "--models", "ViT-B-16", "--output", str(out)])
+    config = open_clip.get_model_config("ViT-B-16")
+    by = {r["objective"]: r for r in rows}
+    assert set(by) == set(bench.OBJECTIVES) and by["clip"]["over_clip"] == 1.0
+    clip = bench.step_flops_per_sample(config, 248, "clip", 128)
+    smart = bench.step_flops_per_sample(config, 248, "smartclip", 128)
+    assert by["smartclip"]["over_clip"] == pytest.approx(smart / clip)
+    # the mask network is one text layer of twelve plus a projection: a few percent, not more
+    assert 1.01 < by["smartclip"]["over_clip"] < 1.06
+    # MulCLIP runs the text tower on the short caption and every sub-caption slot besides
+    assert by["mulclip"]["over_clip"] > by["longclip"]["over_clip"] > by["smartclip"]["over_clip"]
+    assert json.loads(out.read_text())["analytic"] == rows
+    assert "samples/s" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
