@@ -6,10 +6,12 @@ The defaults are the released recipe (`smartclip.train_config`; add --pretrained
 --train-data). Evaluation (image↔text recall@k) uses unmasked embeddings.
 
 With no arguments it renders the built-in scenes (`smartclip.builtin`, cached under
---scenes-dir) and runs two CPU presets on them: `tiny-clip` pre-trains "smartclip-tiny" with
+--scenes-dir) and runs CPU presets on them: `tiny-clip` pre-trains "smartclip-tiny" with
 CLIP's loss, then `tiny-smartclip` fine-tunes that export with SmartCLIP's recipe (stretched
 context, frozen kept positions, separate rates and schedules), as SmartCLIP fine-tunes a
-pre-trained CLIP; it prints where logs, checkpoints and the export went.
+pre-trained CLIP, and `tiny-clip-ft` / `tiny-negclip` fine-tune it with CLIP's loss on the same
+budget, without and with the scenes' mined hard negatives; it prints where logs, checkpoints and
+the exports went.
 
 Distributed: `torchrun --nproc_per_node N -m smartclip.train -- --flag value ...` (the `--` stops
 torchrun reading --logs as its own --logs-specs); see `smartclip.step` for how ranks and

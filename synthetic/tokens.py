@@ -1,8 +1,13 @@
 """A token-level world for compositionality: scenes of objects, captions as token sequences of a
 small grammar with word order and binding, images through an invertible generator.
 
-The causal model (our precise version of the token-level SCM of arXiv 2510.26302, whose full text
-we could not consult; every definition here is ours):
+The causal model, our precise version of arXiv 2510.26302's. Its token-agnostic SCM (Assumption 1:
+a modality-invariant z_inv, from which image- and text-dependent partitions are drawn, plus
+independent image- and text-private partitions, mixed by f and g) and its claim that InfoNCE
+recovers z_inv (Theorem 2; numbering as a public summary of the paper gives it) are what the
+sentence-level view instantiates, with empty dependent partitions. The paper's token-level SCM,
+its operator definitions and its g** construction were not available to us beyond the abstract,
+so the token grammar, the operators and π below are our own definitions:
 
     scene  = n objects, object p = (shape_p, colour_p, material_p), and a layout (row or column)
     z_inv  = the scene                                        modality-invariant: image and caption
