@@ -34,8 +34,9 @@ class TrainSettings:
 
     The loss is the released recipe's: logit scale 100, weights 10/10/2, the sparsity mean|m|;
     the empty-mask norm floor is ours (`losses.masked_similarity`). With the bare eps guard and
-    the sparsity mean(m), the mask network collapsed on two of four worlds at these values, and
-    logit scale 30 with sparsity weight 1 was used instead (README, "The mask collapse")."""
+    the sparsity mean(m), the mask network collapsed on two of four worlds at these values (logit
+    scale 30 with sparsity weight 1 was used instead); with both changes 11 of the 12 runs of
+    `--preset paper` train normally and one still collapses (README, "The mask collapse")."""
 
     steps: int = 10_000
     batch_size: int = 512
