@@ -97,6 +97,15 @@ class RunContext:
     log_dir: Path
 
 
+def function_name(fn: Callable) -> str:
+    """`module.qualname`, the module named by its file when the script runs as `__main__`, so a
+    job keys the same whether its script runs directly or is imported by another one."""
+    module = fn.__module__
+    if module in ("__main__", "__mp_main__"):
+        module = Path(sys.modules[module].__file__).stem
+    return f"{module}.{fn.__qualname__}"
+
+
 @dataclass(frozen=True)
 class Job:
     """One unit of a sweep: `fn(ctx, **kwargs) -> rows`; `steps` sizes the progress bar.
@@ -110,8 +119,7 @@ class Job:
     @property
     def config(self) -> dict[str, Any]:
         """Everything that determines the job's result, as plain data."""
-        fn = f"{self.fn.__module__}.{self.fn.__qualname__}"
-        return {"fn": fn, "kwargs": json.loads(canonical(self.kwargs))}
+        return {"fn": function_name(self.fn), "kwargs": json.loads(canonical(self.kwargs))}
 
     @property
     def run_id(self) -> str:

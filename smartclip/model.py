@@ -36,6 +36,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip import factory as open_clip_factory
+from open_clip.transformer import text_global_pool
 from torch import nn
 
 from smartclip.losses import Features
@@ -301,6 +302,35 @@ class SmartCLIPModel(nn.Module):
         )
         return out["text_features"], out["text_intermediates"][-1]
 
+    def pooled_text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The normalised text embedding [B, D] of `text_features`, the token states skipped.
+
+        CLIP's text tower attends causally (position l sees positions ≤ l) and LayerNorm and the
+        projection act per position, so the pooled state at a caption's end token does not depend
+        on the padding after it: the batch is encoded at its longest caption's length n, with
+        P[:n] and the mask's top-left n × n block, which equals the full-context result (up to
+        float summation order) at n/L of its cost. Towers without a causal mask or an end-token
+        pool are encoded at full length."""
+        clip = self.clip
+        mask = getattr(clip, "attn_mask", None)
+        exact = (
+            isinstance(clip, open_clip.CLIP)
+            and getattr(clip, "text_pool_type", None) in ("argmax", "eos")
+            and mask is not None
+            and mask.dim() == 2
+            and bool(torch.isneginf(mask.triu(1)).sum() == mask.shape[0] * (mask.shape[0] - 1) // 2)
+        )
+        if not exact or tokens.shape[0] == 0:
+            return self.text_features(tokens)[0]
+        n = max(int((tokens != 0).cumsum(-1).argmax(-1).max()) + 1, 1)
+        tokens = tokens[:, :n]
+        x = clip.token_embedding(tokens).to(clip.transformer.get_cast_dtype())
+        x = clip.transformer(x + clip.positional_embedding[:n].to(x.dtype), attn_mask=mask[:n, :n])
+        x = text_global_pool(
+            clip.ln_final(x), tokens, clip.text_pool_type, getattr(clip, "text_eos_id", None)
+        )
+        return F.normalize(self._project_tokens(x), dim=-1)
+
     def _text_and_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         t, states = self.text_features(tokens)
         return t, self.masknet(states) if self.masknet is not None else None  # MaskNet detaches
@@ -347,10 +377,10 @@ class SmartCLIPModel(nn.Module):
             out.t_neg = flat.view(*negatives.shape[:2], -1)
             out.m_neg = None if m_flat is None else m_flat.view(*negatives.shape[:2], -1)
         if short is not None:
-            out.t_short = self.text_features(short)[0]
+            out.t_short = self.pooled_text_features(short)
         if subs is not None:
             out.sub_mask = subs[..., 0] != 0
-            embedded = self.text_features(subs[out.sub_mask])[0]
+            embedded = self.pooled_text_features(subs[out.sub_mask])
             out.subs = embedded.new_zeros(*subs.shape[:2], embedded.shape[-1])
             out.subs[out.sub_mask] = embedded
         return out
@@ -361,7 +391,7 @@ class SmartCLIPModel(nn.Module):
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised text embeddings (for evaluation)."""
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+        return self.pooled_text_features(tokens)
 
 
 def build_model(

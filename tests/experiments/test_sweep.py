@@ -55,3 +55,14 @@ def test_quick_is_shorthand_for_the_quick_preset():
     assert got == Settings(3)
     with pytest.raises(SystemExit):
         sweep.parse_experiment(Settings, ["--steps", "x"], {}, "doc")
+
+
+def test_a_job_keys_the_same_whether_its_script_runs_directly_or_is_imported(monkeypatch):
+    def fit() -> None: ...
+
+    fit.__module__ = "test_sweep"  # imported as `import test_sweep`
+    imported = sweep.Job("k", fit, {"seed": 0}).run_id
+    fit.__module__ = "__main__"  # the script run as `python test_sweep.py`
+    monkeypatch.setattr(sweep.sys.modules["__main__"], "__file__", __file__)
+    assert sweep.function_name(fit) == f"test_sweep.{fit.__qualname__}"
+    assert sweep.Job("k", fit, {"seed": 0}).run_id == imported

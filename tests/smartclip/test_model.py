@@ -207,3 +207,39 @@ def test_forward_gives_raw_image_normalised_text_binary_mask_and_unmasked_eval()
     torch.testing.assert_close(model.encode_image(x), F.normalize(out.u, dim=-1))
     torch.testing.assert_close(model.encode_text(text), out.t)
     assert build_model(TINY_MODEL, with_mask=False).masknet is None
+
+
+def test_pooled_text_is_encoded_at_the_longest_caption_and_equals_the_full_context() -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, context_length=248, mask_heads=4)
+    text = tokens()
+    lengths = []
+    model.clip.transformer.register_forward_pre_hook(lambda _, a: lengths.append(a[0].shape[1]))
+    pooled = model.pooled_text_features(text)
+    assert lengths == [int((text[1] != 0).sum())] and lengths[0] < 248  # the long caption's
+    full = model.text_features(text)[0]
+    torch.testing.assert_close(pooled, full, atol=1e-6, rtol=1e-5)
+    grads = [
+        torch.autograd.grad(x.square().sum(), model.clip.token_embedding.weight)[0]
+        for x in (model.pooled_text_features(text), model.text_features(text)[0])
+    ]
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_pooled_text_of_a_tower_without_causal_mask_keeps_the_full_context() -> None:
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, context_length=248, mask_heads=4)
+    model.clip.attn_mask = None  # bidirectional: the padding now changes the end token's state
+    text = tokens()
+    pooled = model.pooled_text_features(text)
+    torch.testing.assert_close(pooled, model.text_features(text)[0])
+    x = model.clip.token_embedding(text[:, :20]) + model.clip.positional_embedding[:20]
+    trimmed = model.clip.ln_final(model.clip.transformer(x))[0, int(text[0].argmax())]
+    assert not torch.allclose(
+        trimmed,
+        model.clip.ln_final(
+            model.clip.transformer(
+                model.clip.token_embedding(text) + model.clip.positional_embedding
+            )
+        )[0, int(text[0].argmax())],
+    )
