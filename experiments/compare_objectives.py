@@ -1,6 +1,6 @@
 """CLIP, Long-CLIP, MulCLIP and SmartCLIP with the same data, code and budget.
 
-    python experiments/compare_objectives.py           # 3 seeds (about 31 min on 2 cores)
+    python experiments/compare_objectives.py           # 3 seeds (about 29 min cold on 2 cores)
     python experiments/compare_objectives.py --quick   # 1 seed, tiny budgets
 
 On the built-in rendered scenes (`smartclip.builtin`): the tiny open_clip towers are first
@@ -8,9 +8,10 @@ pre-trained with CLIP's loss (one run, as the papers start from pre-trained CLIP
 fine-tuned from that export with each objective for one epoch (the `tiny-smartclip` preset's
 rates and batch for all, so every objective has the same steps; the long caption is all
 sentences of a scene, the short caption its first), for every seed. With these budgets (one
-fine-tuning epoch, 5,000 synthetic steps) a cold default run took about 31 minutes on 2 cores;
-MulCLIP's runs dominate (a step costs 4 to 5 CLIP steps on the CPU: a text-tower pass per
-sub-caption). Each export is measured on the held-out
+fine-tuning epoch, 5,000 synthetic steps) a cold default run took 26.9 minutes on 2 cores, plus
+2 minutes to render the scenes on a fresh clone; MulCLIP's runs dominate (a step costs about
+2.2 CLIP steps on the CPU: a text-tower pass per sub-caption, at the batch's longest sentence).
+Each export is measured on the held-out
 scenes:
   retrieval     R@1/5/10 text→image and image→text with long captions (block "long": a scene's
                 long-level caption) and short ones (block "short": its first sentence)
