@@ -1,6 +1,6 @@
 """P5: break the theory's assumptions on purpose; predict before training, then measure.
 
-    python experiments/assumption_violations.py           # 10 worlds × 3 seeds (≤ 30 min, 2 cores)
+    python experiments/assumption_violations.py           # 10 worlds × 3 seeds (about 1 h, 2 cores)
     python experiments/assumption_violations.py --quick   # 1 seed, short runs (≤ 3 min)
 
 One world per row (`WORLDS`). For each: `identifiability.conditions.predict` BEFORE any training

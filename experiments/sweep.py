@@ -101,8 +101,9 @@ def function_name(fn: Callable) -> str:
     """`module.qualname`, the module named by its file when the script runs as `__main__`, so a
     job keys the same whether its script runs directly or is imported by another one."""
     module = fn.__module__
-    if module in ("__main__", "__mp_main__"):
-        module = Path(sys.modules[module].__file__).stem
+    path = getattr(sys.modules.get(module), "__file__", None)
+    if module in ("__main__", "__mp_main__") and path:
+        module = Path(path).stem
     return f"{module}.{fn.__qualname__}"
 
 

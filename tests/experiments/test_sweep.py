@@ -63,6 +63,6 @@ def test_a_job_keys_the_same_whether_its_script_runs_directly_or_is_imported(mon
     fit.__module__ = "test_sweep"  # imported as `import test_sweep`
     imported = sweep.Job("k", fit, {"seed": 0}).run_id
     fit.__module__ = "__main__"  # the script run as `python test_sweep.py`
-    monkeypatch.setattr(sweep.sys.modules["__main__"], "__file__", __file__)
+    monkeypatch.setattr(sweep.sys.modules["__main__"], "__file__", __file__, raising=False)
     assert sweep.function_name(fit) == f"test_sweep.{fit.__qualname__}"
     assert sweep.Job("k", fit, {"seed": 0}).run_id == imported
