@@ -113,8 +113,8 @@ def run_directory(cfg: TrainConfig) -> tuple[Path, Path | None]:
 
 # flags that change how a run is operated, not what it computes: free to differ on resume
 OPERATIONAL = (
-    "resume", "name", "logs", "workers", "device", "save_frequency", "save_every_steps",
-    "val_frequency", "log_every_n_steps", "steps", "epochs",
+    "resume", "name", "logs", "workers", "threads", "device", "save_frequency",
+    "save_every_steps", "val_frequency", "log_every_n_steps", "steps", "epochs",
 )  # fmt: skip
 
 
@@ -154,6 +154,8 @@ def discarded_on_error(run_dir: Path) -> Iterator[None]:
 def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     """Run training as configured into `run_dir` (resuming from `resume`); returns `run_dir`."""
     env = dist.init_distributed(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank

@@ -145,6 +145,9 @@ class TrainConfig:
     local_loss: bool = True
     gather_with_grad: bool = True
     workers: int = 4
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads per process (default: torch's own)"}
+    )
     device: str = field(default="auto", metadata={"help": "auto: cuda:LOCAL_RANK if available"})
     seed: int = 0
     logs: str = "runs"
@@ -158,6 +161,7 @@ class TrainConfig:
     log_every_n_steps: int = 50
 
     def __post_init__(self) -> None:
+        require(self.threads is None or self.threads >= 1, "threads", "must be at least 1")
         require(
             open_clip.get_model_config(self.model) is not None,
             "model",

@@ -380,6 +380,16 @@ def test_mask_health_is_logged_for_smartclip(scenes, tmp_path) -> None:
     assert all(0 <= float(r["mask_varying"]) <= 64 and float(r["mask_on"]) > 0 for r in rows)
 
 
+def test_threads_sets_torch_cpu_threads_and_zero_is_refused(scenes, tmp_path, monkeypatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    train.main(flags(scenes, tmp_path, "threads", "--steps", "1", "--threads", "1"))
+    assert calls == [1]
+    with pytest.raises(SystemExit):
+        train.main(flags(scenes, tmp_path, "threads0", "--steps", "1", "--threads", "0"))
+    assert calls == [1] and not (tmp_path / "threads0").exists()
+
+
 def test_hard_negatives_from_a_csv_column_join_the_image_to_text_contrast(scenes, tmp_path) -> None:
     rows = read_csv(Path(scenes[0]))
     root = Path(scenes[0]).parent
