@@ -309,13 +309,14 @@ class SmartCLIPModel(nn.Module):
         projection act per position, so the pooled state at a caption's end token does not depend
         on the padding after it: the batch is encoded at its longest caption's length n, with
         P[:n] and the mask's top-left n × n block, which equals the full-context result (up to
-        float summation order) at n/L of its cost. Towers without a causal mask or an end-token
-        pool are encoded at full length."""
+        float summation order) at n/L of its cost or less. Towers without a causal mask, an
+        end-token pool or a text projection are encoded at full length."""
         clip = self.clip
         mask = getattr(clip, "attn_mask", None)
         exact = (
             isinstance(clip, open_clip.CLIP)
             and getattr(clip, "text_pool_type", None) in ("argmax", "eos")
+            and clip.text_projection is not None
             and mask is not None
             and mask.dim() == 2
             and bool(torch.isneginf(mask.triu(1)).sum() == mask.shape[0] * (mask.shape[0] - 1) // 2)
