@@ -11,8 +11,7 @@ sentences of a scene, the short caption its first), for every seed. With these b
 fine-tuning epoch, 5,000 synthetic steps) a cold default run took 26.9 minutes on 2 cores, plus
 2 minutes to render the scenes on a fresh clone; MulCLIP's runs dominate (a step costs about
 2.2 CLIP steps on the CPU: a text-tower pass per sub-caption, at the batch's longest sentence).
-Each export is measured on the held-out
-scenes:
+Each export is measured on the held-out scenes:
   retrieval     R@1/5/10 text→image and image→text with long captions (block "long": a scene's
                 long-level caption) and short ones (block "short": its first sentence)
   attribute_r2  kernel-ridge R² of scene attributes (colour, size, position, count) from the

@@ -323,7 +323,8 @@ class SmartCLIPModel(nn.Module):
         )
         if not exact or tokens.shape[0] == 0:
             return self.text_features(tokens)[0]
-        n = max(int((tokens != 0).cumsum(-1).argmax(-1).max()) + 1, 1)
+        used = (tokens != 0).any(0).nonzero()  # columns holding a token of some caption
+        n = int(used[-1]) + 1 if len(used) else 1
         tokens = tokens[:, :n]
         x = clip.token_embedding(tokens).to(clip.transformer.get_cast_dtype())
         x = clip.transformer(x + clip.positional_embedding[:n].to(x.dtype), attn_mask=mask[:n, :n])
