@@ -13,7 +13,8 @@ import shutil
 from pathlib import Path
 
 from smartclip import distributed as dist
-from synthetic.scenes import SceneConfig, write_dataset
+from synthetic.render_scenes import write_dataset_with_negatives
+from synthetic.scenes import SceneConfig
 
 SCENES_IMAGE_SIZE = 64
 NEGATIVE_STEPS = 3  # hard negatives with k = 1..3 operator applications
@@ -35,7 +36,7 @@ def prepare_scenes(scenes_dir: str | Path, n_images: int, is_main: bool = True) 
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"rendering {n_images} scenes and their hard negatives into {root} ...", flush=True)
         config = SceneConfig(image_size=SCENES_IMAGE_SIZE)
-        write_dataset(tmp, n_images, ("csv",), config, negatives=NEGATIVE_STEPS)
+        write_dataset_with_negatives(tmp, n_images, ("csv",), config, negatives=NEGATIVE_STEPS)
         os.replace(tmp, root)
     dist.barrier()
     return root

@@ -36,7 +36,7 @@ Public API
 ``OPERATORS``: name -> operator; ``CATEGORIES``: name -> SugarCrepe categories; ``MAX_K = 3``
 ``holds(described, mentioned, scene, config) -> bool``
 ``image_negatives(example, config, max_k) -> list[(Caption, Negative)]``
-``write_hard_negatives(root, examples, config, max_k) -> Path``  (``write_dataset(negatives=K)``)
+``write_hard_negatives(root, examples, config, max_k) -> Path``    (``synthetic.render_scenes``)
 
 This module depends on numpy, Pillow and ``synthetic.scenes`` only.
 """

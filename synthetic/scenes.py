@@ -15,20 +15,18 @@ Public API
 ``sample_example(image_id, config) -> (Scene, tuple[Caption, ...])``   as ``write_dataset`` draws
 ``latent_columns(max_objects) -> tuple[str, ...]``
 ``scene_to_latents(scene, max_objects) -> np.ndarray``; ``scene_from_latents(vector) -> Scene``
-``write_dataset(out_dir, n_images, formats, config, ..., negatives) -> dict[str, SplitFiles]``
+``write_dataset(out_dir, n_images, formats, config, ...) -> dict[str, SplitFiles]``
 ``load_latents(path) -> (image_ids, latents, columns)``
 
-Hard negatives (SWAP, REPLACE, ADD) of the captions and their images: ``synthetic.scene_operators``.
-
-CLI: ``python -m synthetic.scenes --out DIR --n-images N --formats csv,coco,wds --seed S
-[--negatives K]``.
+Hard negatives (SWAP, REPLACE, ADD) of the captions and their images: ``synthetic.scene_operators``,
+which builds on this module. The dataset with its hard negatives, and the command line, live above
+both: ``synthetic.render_scenes``.
 Everything is seeded per image (``np.random.default_rng([seed, image_id])``): the same seed gives
 byte-identical files. This module depends on numpy and Pillow only.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -430,7 +428,7 @@ class SplitFiles:
 
     For ``wds`` the value is a brace pattern over the shards; ``karpathy`` is one file for all
     splits (entries carry ``split``), stored next to the split directories; ``negatives`` is the
-    split's ``hard_negatives.csv`` when hard negatives were requested.
+    split's ``hard_negatives.csv`` when ``synthetic.render_scenes`` wrote hard negatives.
     """
 
     root: Path
@@ -459,7 +457,6 @@ def write_dataset(
     *,
     val_fraction: float = 0.1,
     shard_size: int = 100,
-    negatives: int = 0,
 ) -> dict[str, SplitFiles]:
     """Render ``n_images`` scenes into ``out_dir/{train,val}/`` with annotations in ``formats``.
 
@@ -471,21 +468,13 @@ def write_dataset(
     (webdataset: ``png``, ``txt`` = longest caption, ``json`` = all captions). ``karpathy`` writes
     ``out_dir/karpathy.json``. Image paths are relative to the annotation file's directory. The
     last ``round(n_images * val_fraction)`` image ids form ``val``; empty splits are not written.
-
-    ``negatives = K > 0`` also writes each split's ``hard_negatives.csv`` and renders its
-    ``negatives/*.png``: SWAP, REPLACE and ADD hard negatives of every caption with k = 1..K
-    composition steps (K <= 3; see ``synthetic.scene_operators.write_hard_negatives``).
+    Hard negatives are added by ``synthetic.render_scenes.write_dataset_with_negatives``.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; expected a subset of {FORMATS}")
     if n_images < 1 or shard_size < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError("need n_images >= 1, shard_size >= 1 and 0 <= val_fraction < 1")
-    # imported here because the operators build on this module
-    from synthetic.scene_operators import MAX_K, write_hard_negatives
-
-    if not 0 <= negatives <= MAX_K:
-        raise ValueError(f"negatives must be in 0..{MAX_K}, got {negatives}")
     out = Path(out_dir)
     n_train = n_images - round(n_images * val_fraction)
     id_width = max(6, len(str(n_images - 1)))
@@ -506,8 +495,6 @@ def write_dataset(
             for fmt in formats
             if fmt != "karpathy"
         }
-        if negatives:
-            annotations["negatives"] = str(write_hard_negatives(root, items, config, negatives))
         latents = np.stack([scene_to_latents(it.scene, config.max_objects) for it in items])
         _save_npz(
             root / "latents.npz",
@@ -652,62 +639,3 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, array, allow_pickle=False)
-
-
-# -------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry point; see ``--help``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m synthetic.scenes",
-        description="Render seeded toy scenes with ground-truth latents and captions.",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--n-images", type=int, required=True, help="images over all splits")
-    parser.add_argument(
-        "--formats",
-        default="csv",
-        help=f"comma-separated annotation formats from {','.join(FORMATS)} (default: csv)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--image-size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--min-objects", type=int, default=1, help="fewest objects per image")
-    parser.add_argument("--max-objects", type=int, default=3, help="most objects per image")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1, help="fraction of images held out as val/"
-    )
-    parser.add_argument("--shard-size", type=int, default=100, help="images per webdataset shard")
-    parser.add_argument(
-        "--negatives",
-        type=int,
-        default=0,
-        help="also write hard_negatives.csv and negatives/*.png per split: SWAP, REPLACE and ADD "
-        "hard negatives of every caption with up to K composition steps (0..3; default: 0, none)",
-        metavar="K",
-    )
-    args = parser.parse_args(argv)
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    config = SceneConfig(
-        image_size=args.image_size,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        seed=args.seed,
-    )
-    written = write_dataset(
-        args.out,
-        args.n_images,
-        formats,
-        config,
-        val_fraction=args.val_fraction,
-        shard_size=args.shard_size,
-        negatives=args.negatives,
-    )
-    for split, files in written.items():
-        print(f"{split}: {len(files.images)} images in {files.root}")
-        for fmt, path in files.annotations.items():
-            print(f"  {fmt}: {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""Tests for the rendered-scenes generator: determinism, ground truth, captions, files, CLI."""
+"""Tests for the rendered-scenes generator: determinism, ground truth, captions, files."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from synthetic.scenes import (
     h_word,
     latent_columns,
     load_latents,
-    main,
     render,
     sample_example,
     sample_scene,
@@ -237,20 +236,6 @@ def test_describe_and_config_reject_bad_arguments() -> None:
         SceneConfig(min_objects=3, max_objects=2)
     with pytest.raises(ValueError, match="formats"):
         write_dataset("unused", 3, ("parquet",))
-
-
-def test_cli_writes_requested_formats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--out", str(tmp_path), "--n-images", "12", "--formats", "csv,coco,sharegpt4v,wds"])
-    for split in ("train", "val"):
-        root = tmp_path / split
-        for name in ("captions.csv", "coco_captions.json", "sharegpt4v.json", "latents.npz"):
-            assert (root / name).is_file()
-        assert list((root / "shards").glob("*.tar"))
-    assert "train: 11 images" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    assert "--n-images" in capsys.readouterr().out
 
 
 def test_thousand_images_are_written_quickly(tmp_path: Path) -> None:
