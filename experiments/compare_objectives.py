@@ -39,7 +39,7 @@ from smartclip.builtin import prepare_scenes
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import require
 from smartclip.data import sentences
-from smartclip.eval import EvalConfig, evaluate_weights
+from smartclip.eval import MIN_LATENT_IMAGES, EvalConfig, evaluate_weights
 from smartclip.export import EXPORT_WEIGHTS_NAME
 from smartclip.train import run
 from smartclip.train_config import PRESETS as TRAIN_PRESETS
@@ -82,6 +82,12 @@ class CompareConfig:
             require(getattr(self, name) >= 1, name, "must be at least 1")
         require(self.steps is None or self.steps >= 1, "steps", "must be at least 1")
         require(self.workers >= 1, "workers", "must be at least 1")
+        require(
+            round(self.scenes_images * 0.1) >= MIN_LATENT_IMAGES,
+            "scenes_images",
+            f"the held-out tenth needs {MIN_LATENT_IMAGES} images for the attribute R²: "
+            f"at least {10 * MIN_LATENT_IMAGES}",
+        )
 
     def train_settings(self, stage: str, seed: int, pretrained: str | None) -> dict:
         """The trainer's settings of one run, as `TrainConfig` keyword arguments (the job builds
@@ -102,7 +108,7 @@ class CompareConfig:
 
 PRESETS: dict[str, dict] = {
     "quick": {
-        "seeds": (0,), "scenes_images": 200, "pretrain_epochs": 2, "finetune_epochs": 1,
+        "seeds": (0,), "scenes_images": 300, "pretrain_epochs": 2, "finetune_epochs": 1,
         "batch_size": 32, "synthetic_steps": 300, "synthetic_n_eval": 500,
     },
 }  # fmt: skip

@@ -15,6 +15,11 @@
   category and number of edits k, and the mean over categories.
 
 Embeddings are the UNMASKED, normalised ones (a SmartCLIP mask network is a training device).
+Ties count as a random tie-break would: every recall and accuracy is its expectation over the
+orders of tied items (`hit_probability`), as the hard negatives count a tie as half right, so a
+model whose embeddings carry no information scores chance. NaN or infinite embeddings are an
+error (`NonFiniteFeatures`), never a score. Each weights file is named in the results table by
+its run (`RUN` for RUN/export/…) or else by its file name.
 With no arguments it evaluates the latest no-argument training run (`python -m smartclip.train`:
 the tiny CLIP and SmartCLIP exports) on the held-out scenes, side by side (with their
 `hard_negatives.csv` when the scenes have one), and writes JSON.
@@ -24,20 +29,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
-from tqdm import tqdm
 
 from identifiability.metrics import r2_scores
 from smartclip.builtin import scenes_root
 from smartclip.cli import ConfigError, parse_config, require
 from smartclip.data import FORMATS, EvalSet, annotation_options, build_eval_set
 from smartclip.distributed import resolve_device
-from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_model, export_run
 from smartclip.hard_negatives import (
     SUGARCREPE_GROUPS,
     HardNegatives,
@@ -53,6 +58,14 @@ from smartclip.model import (
     create_clip,
     preprocess,
 )
+from smartclip.retrieval import (
+    NonFiniteFeatures,
+    encode_images,
+    encode_texts,
+    evaluate_zeroshot,
+    image_set,
+    retrieval_metrics,
+)
 from smartclip.train_config import DEMO_STAGES
 from synthetic.scenes import load_latents
 
@@ -63,13 +76,29 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SCENE_ATTRIBUTES = ("n_objects", "bg_r", "bg_g", "bg_b", "obj0_r", "obj0_g", "obj0_b")
 SCENE_ATTRIBUTES += ("obj0_size", "obj0_x", "obj0_y")
 TASKS = ("retrieval", "zeroshot", "latent_r2", "sugarcrepe", "hard_negatives")  # result keys
+# latent R² fits on half the images with a 3-fold grid search (identifiability.metrics.r2_scores);
+# below 2 held-out images per fold its R² is undefined, and 5 per fold is the least we accept
+MIN_LATENT_IMAGES = 2 * 3 * 5
+DEFAULT_OUTPUT = "eval_results.json"
+# what a file flag expects, for the message when it names a folder
+EXPECTED_FILES = {
+    "data": "a caption file (CSV/TSV, ShareGPT4V, COCO or Karpathy JSON) or webdataset .tar shards",
+    "latents": "the scenes' latents.npz",
+    "hard_negatives": "a hard_negatives.csv",
+}
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Every field is a flag. `--pretrained` takes one or more local weights files."""
 
-    model: str = field(default=TINY_MODEL, metadata={"help": "open_clip config name"})
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": f"open_clip config name (None: for weights with the {EXPORT_CONFIG_NAME} of "
+            f"`python -m smartclip.export` beside them, that config's model, else {TINY_MODEL})"
+        },
+    )
     pretrained: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -105,22 +134,33 @@ class EvalConfig:
     batch_size: int = 128
     device: str = field(default="auto", metadata={"help": "auto: cuda if available"})
     precision: str = field(default="fp32", metadata={"help": "fp32, amp or amp_bf16"})
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (None: torch's own, every core)"}
+    )
     runs: str = field(default="runs", metadata={"help": "where the no-argument run looks"})
-    output: str | None = field(default=None, metadata={"help": "JSON file (None: beside runs)"})
+    output: str = field(
+        default=DEFAULT_OUTPUT,
+        metadata={
+            "help": "JSON results file, relative to the current folder (the no-argument run "
+            "writes RUNS/eval_scenes.json)"
+        },
+    )
 
     def __post_init__(self) -> None:
         require(
-            open_clip.get_model_config(self.model) is not None,
+            self.model is None or open_clip.get_model_config(self.model) is not None,
             "model",
             f"unknown model {self.model!r}; see open_clip.list_models()",
         )
         for path in self.pretrained:
             require(Path(path).is_file(), "pretrained", f"no such local file {path!r}")
         require(self.dataset_type in ("auto", *FORMATS), "dataset_type", f"auto or {FORMATS}")
-        for name in ("data", "latents", "hard_negatives"):
+        for name, expected in EXPECTED_FILES.items():
             value = getattr(self, name)
-            ok = value is None or ".tar" in value or Path(value).is_file()
-            require(ok, name, f"no such file {value!r}")
+            if value is None or ".tar" in value:
+                continue
+            require(not Path(value).is_dir(), name, f"{value!r} is a folder; expected {expected}")
+            require(Path(value).is_file(), name, f"no such file {value!r}")
         for name in ("image_root", "zeroshot_dir", "sugarcrepe", "sugarcrepe_image_root"):
             value = getattr(self, name)
             require(value is None or Path(value).is_dir(), name, f"no such folder {value!r}")
@@ -132,156 +172,8 @@ class EvalConfig:
         require(self.latents is None or self.data is not None, "latents", "needs --data")
         require(all("{}" in t for t in self.templates), "templates", "each needs a {} slot")
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        require(self.threads is None or self.threads >= 1, "threads", "must be at least 1")
         require(self.precision in ("fp32", "amp", "amp_bf16"), "precision", "fp32/amp/amp_bf16")
-
-
-def retrieval_metrics(
-    image_features: torch.Tensor,
-    text_features: torch.Tensor,
-    text_to_image: torch.Tensor,
-    ks: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """Recall@k in percent for t2i and i2t from similarities S = T Iᵀ ([captions, images]).
-
-    t2i rank of caption c = #{images i: S[c, i] > S[c, image(c)]}; i2t rank of image i =
-    #{captions c: S[c, i] > max over i's captions c' of S[c', i]}. R@k = share with rank < k
-    (ties count in the query's favour; with continuous features there are none).
-    """
-    sim = text_features.float() @ image_features.float().T
-    target = text_to_image.to(sim.device)
-    t2i_rank = (sim > sim.gather(1, target[:, None])).sum(1)
-    own = torch.zeros_like(sim, dtype=torch.bool)
-    own[torch.arange(len(target), device=sim.device), target] = True
-    best_own = sim.masked_fill(~own, -torch.inf).max(0).values
-    i2t_rank = (sim > best_own[None]).sum(0)
-    return {
-        f"{name}_r{k}": (rank < k).float().mean().item() * 100
-        for name, rank in (("t2i", t2i_rank), ("i2t", i2t_rank))
-        for k in ks
-    }
-
-
-@torch.no_grad()
-def encode_images(
-    model: SmartCLIPModel,
-    eval_set: EvalSet,
-    transform: Callable,
-    device: torch.device,
-    autocast: Callable,
-    batch_size: int = 128,
-    desc: str | None = None,
-) -> torch.Tensor:
-    """Normalised, unmasked image embeddings of every image of `eval_set`, in order."""
-    loader = eval_set.image_loader(transform, batch_size)
-    with autocast():
-        parts = [
-            model.encode_image(x.to(device)).float()
-            for x in tqdm(loader, desc=desc, disable=desc is None, leave=False)
-        ]
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def encode_texts(
-    model: SmartCLIPModel,
-    tokenizer: Callable,
-    texts: Sequence[str],
-    device: torch.device,
-    autocast: Callable,
-    batch_size: int = 128,
-) -> torch.Tensor:
-    """Normalised, unmasked text embeddings."""
-    with autocast():
-        parts = [
-            model.encode_text(tokenizer(list(texts[i : i + batch_size])).to(device)).float()
-            for i in range(0, len(texts), batch_size)
-        ]
-    return torch.cat(parts)
-
-
-def evaluate_retrieval(
-    model: SmartCLIPModel,
-    eval_set: EvalSet,
-    tokenizer: Callable,
-    transform: Callable,
-    device: torch.device,
-    autocast: Callable,
-    batch_size: int = 128,
-) -> dict[str, float]:
-    """Recall@{1,5,10} of text→image and image→text retrieval with unmasked embeddings; the
-    model is left in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    images = encode_images(model, eval_set, transform, device, autocast, batch_size)
-    texts = encode_texts(model, tokenizer, eval_set.captions, device, autocast, batch_size)
-    model.train(was_training)
-    return retrieval_metrics(images, texts, eval_set.text_to_image)
-
-
-def image_set(images: Sequence[Path], labels: Sequence[int] = ()) -> EvalSet:
-    """An EvalSet of images alone, for `encode_images` (class labels, if any, in
-    `text_to_image`'s place)."""
-    return EvalSet(
-        images=tuple(images),
-        image_ids=tuple(str(p) for p in images),
-        captions=(),
-        text_to_image=torch.tensor(labels, dtype=torch.long),
-        n_malformed=0,
-        n_bad_images=0,
-    )
-
-
-def zeroshot_set(folder: str | Path) -> tuple[EvalSet, list[str]]:
-    """Images of `folder/<class>/*` as an EvalSet (labels in `text_to_image`'s place) and the
-    class names (folder names, underscores as spaces), sorted."""
-    folder = Path(folder)
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, path in enumerate(classes):
-        files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        images += files
-        labels += [label] * len(files)
-    if not images:
-        raise ConfigError("zeroshot_dir", f"no class folders with images in {folder}")
-    return image_set(images, labels), [p.name.replace("_", " ") for p in classes]
-
-
-def zeroshot_metrics(
-    image_features: torch.Tensor, class_embeddings: torch.Tensor, labels: torch.Tensor
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) of argmax_c ⟨image, class_c⟩."""
-    logits = image_features @ class_embeddings.T
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    hits = top == labels[:, None].to(top.device)
-    return {
-        "top1": hits[:, 0].float().mean().item() * 100,
-        "top5": hits.any(1).float().mean().item() * 100,
-    }
-
-
-def evaluate_zeroshot(
-    model: SmartCLIPModel,
-    tokenizer: Callable,
-    transform: Callable,
-    folder: str | Path,
-    templates: Sequence[str],
-    device: torch.device,
-    autocast: Callable,
-    batch_size: int = 128,
-) -> dict[str, float]:
-    """Zero-shot top-1/top-5 accuracy on `folder/<class>/*` with a prompt-ensemble classifier:
-    row c = normalise(mean over templates of f_T(template(c)))."""
-    eval_set, classes = zeroshot_set(folder)
-    images = encode_images(model, eval_set, transform, device, autocast, batch_size)
-    prompts = [t.format(c) for c in classes for t in templates]
-    per_prompt = encode_texts(model, tokenizer, prompts, device, autocast, batch_size)
-    classifier = per_prompt.view(len(classes), len(templates), -1).mean(1)
-    classifier = torch.nn.functional.normalize(classifier, dim=-1)
-    return {
-        **zeroshot_metrics(images, classifier, eval_set.text_to_image),
-        "classes": len(classes),
-        "images": len(eval_set.images),
-    }
 
 
 def evaluate_hard_negatives(
@@ -355,70 +247,114 @@ def latent_r2(
     return r2_scores(image_features.cpu().numpy(), targets)
 
 
+def model_name(cfg: EvalConfig, weights: str | None) -> str:
+    """--model if given, else the model of the export config beside `weights`, else TINY_MODEL."""
+    return cfg.model or (weights and export_model(weights)) or TINY_MODEL
+
+
+def read_eval_set(cfg: EvalConfig) -> EvalSet:
+    """The retrieval set of --data; ValueError for an unusable file, an empty set or, with
+    --latents, fewer than MIN_LATENT_IMAGES images."""
+    fmt, options = annotation_options(
+        cfg.data,
+        cfg.dataset_type,
+        img_key=cfg.csv_img_key,
+        caption_key=cfg.csv_caption_key,
+        id_key=cfg.csv_id_key,
+        image_root=cfg.image_root,
+        split=cfg.split,
+    )
+    eval_set = build_eval_set(cfg.data, fmt, **options)
+    if cfg.latents is not None and len(eval_set.images) < MIN_LATENT_IMAGES:
+        raise ValueError(
+            f"--latents: the latent R² fit needs at least {MIN_LATENT_IMAGES} images; "
+            f"{cfg.data} has {len(eval_set.images)}"
+        )
+    return eval_set
+
+
 def evaluate_weights(
     cfg: EvalConfig,
     weights: str | None,
     device: torch.device,
     benchmarks: Mapping[str, HardNegatives],
 ) -> dict:
-    """Every task the config names, for one weights file (None: random init); `benchmarks` are
-    the config's hard-negative sets as `hard_negative_sets` reads them."""
+    """Every task the config names, for one weights file (None: random init) of `model_name`;
+    `benchmarks` are the config's hard-negative sets as `hard_negative_sets` reads them.
+    Weights that do not load and unusable data exit with one line; NonFiniteFeatures names the
+    weights."""
     try:
-        clip = create_clip(cfg.model, weights, cfg.context_length).to(device)
-    except ValueError as err:  # weights that are no weights or do not fit --model: one line
+        name = model_name(cfg, weights)
+        clip = create_clip(name, weights, cfg.context_length).to(device)
+        eval_set = read_eval_set(cfg) if cfg.data is not None else None
+    except ValueError as err:  # no weights, weights not of the model, an unusable set: one line
         raise SystemExit(f"smartclip.eval: error: {err}") from None
     model = SmartCLIPModel(clip, with_mask=False).eval()
-    tokenizer = open_clip.get_tokenizer(cfg.model, context_length=clip.context_length)
+    tokenizer = open_clip.get_tokenizer(name, context_length=clip.context_length)
     transform, autocast = preprocess(clip), autocast_context(cfg.precision, device)
-    out: dict = {"weights": weights, "context_length": clip.context_length}
-    if cfg.data is not None:
-        fmt, options = annotation_options(
-            cfg.data,
-            cfg.dataset_type,
-            img_key=cfg.csv_img_key,
-            caption_key=cfg.csv_caption_key,
-            id_key=cfg.csv_id_key,
-            image_root=cfg.image_root,
-            split=cfg.split,
-        )
-        try:
-            eval_set = build_eval_set(cfg.data, fmt, **options)
-        except ValueError as err:  # an unusable file or an empty set: one line
-            raise SystemExit(f"smartclip.eval: error: {err}") from None
-        images = encode_images(
-            model, eval_set, transform, device, autocast, cfg.batch_size, desc="images"
-        )
-        texts = encode_texts(model, tokenizer, eval_set.captions, device, autocast, cfg.batch_size)
-        out["retrieval"] = {
-            **retrieval_metrics(images, texts, eval_set.text_to_image),
-            "images": len(eval_set.images),
-            "captions": len(eval_set.captions),
-            "skipped": eval_set.n_malformed + eval_set.n_bad_images,
-        }
-        if cfg.latents is not None:
-            out["latent_r2"] = latent_r2(images, eval_set.image_ids, cfg.latents)
-    if cfg.zeroshot_dir is not None:
-        out["zeroshot"] = evaluate_zeroshot(
-            model,
-            tokenizer,
-            transform,
-            cfg.zeroshot_dir,
-            cfg.templates,
-            device,
-            autocast,
-            cfg.batch_size,
-        )
-    for name, benchmark in benchmarks.items():
-        out[name] = evaluate_hard_negatives(
-            model,
-            tokenizer,
-            transform,
-            benchmark,
-            device,
-            autocast,
-            cfg.batch_size,
-            SUGARCREPE_GROUPS if name == "sugarcrepe" else None,
-        )
+    out: dict = {"weights": weights, "model": name, "context_length": clip.context_length}
+    try:
+        if eval_set is not None:
+            images = encode_images(
+                model, eval_set, transform, device, autocast, cfg.batch_size, desc="images"
+            )
+            texts = encode_texts(
+                model, tokenizer, eval_set.captions, device, autocast, cfg.batch_size
+            )
+            out["retrieval"] = {
+                **retrieval_metrics(images, texts, eval_set.text_to_image),
+                "images": len(eval_set.images),
+                "captions": len(eval_set.captions),
+                "skipped": eval_set.n_malformed + eval_set.n_bad_images,
+            }
+            if cfg.latents is not None:
+                out["latent_r2"] = latent_r2(images, eval_set.image_ids, cfg.latents)
+        if cfg.zeroshot_dir is not None:
+            out["zeroshot"] = evaluate_zeroshot(
+                model,
+                tokenizer,
+                transform,
+                cfg.zeroshot_dir,
+                cfg.templates,
+                device,
+                autocast,
+                cfg.batch_size,
+            )
+        for task, benchmark in benchmarks.items():
+            out[task] = evaluate_hard_negatives(
+                model,
+                tokenizer,
+                transform,
+                benchmark,
+                device,
+                autocast,
+                cfg.batch_size,
+                SUGARCREPE_GROUPS if task == "sugarcrepe" else None,
+            )
+    except NonFiniteFeatures as err:
+        raise NonFiniteFeatures(f"{weights or 'random init'} ({name}): {err}") from None
+    return out
+
+
+def weights_name(weights: str | None) -> str:
+    """What names a weights file in the results table: the run of an export (with the export's
+    suffix: `RUN-<stem>` for RUN/export-<stem>/), else the file's name; "random" for None."""
+    if weights is None:
+        return "random"
+    run = export_run(weights)
+    if run is None:
+        return Path(weights).name
+    return run.name + Path(weights).absolute().parent.name.removeprefix("export")
+
+
+def column_names(weights: Sequence[str | None]) -> list[str]:
+    """`weights_name` of each, those shared by several numbered in order (`name #1`, `name #2`)."""
+    names = [weights_name(w) for w in weights]
+    counts, seen = Counter(names), Counter()
+    out = []
+    for name in names:
+        seen[name] += 1
+        out.append(f"{name} #{seen[name]}" if counts[name] > 1 else name)
     return out
 
 
@@ -442,7 +378,7 @@ def demo_config(runs: str | Path) -> EvalConfig:
     """The no-argument evaluation: every demo export on the held-out scenes, with latent R² and,
     if the scenes have a `hard_negatives.csv`, its hard negatives."""
     exports = latest_demo(runs)
-    run_config = json.loads((exports["tiny-smartclip"].parents[1] / "config.json").read_text())
+    run_config = json.loads((export_run(exports["tiny-smartclip"]) / "config.json").read_text())
     val = scenes_root(run_config["scenes_dir"], run_config["scenes_images"]) / "val"
     hard_negatives = val / "hard_negatives.csv"
     return EvalConfig(
@@ -467,38 +403,49 @@ def _cells(name: str, value: int | float | dict) -> Iterator[tuple[str, str]]:
 
 
 def print_table(results: list[dict]) -> None:
-    """One column per weights file, one row per metric."""
-    names = [Path(r["weights"]).parents[1].name if r["weights"] else "random" for r in results]
+    """One column per weights file (named by `column_names`), one row per metric."""
+    names = column_names([r["weights"] for r in results])
     rows: dict[str, list[str]] = {}
     for n, r in enumerate(results):
         for task in TASKS:
             for key, cell in _cells(task, r.get(task, {})):
                 rows.setdefault(key, [""] * len(results))[n] = cell
     width = max(map(len, rows), default=10)
-    print(" " * width + "  " + "  ".join(f"{n:>28}" for n in names))
+    columns = [max(12, len(name)) for name in names]
+    print(" " * width + "  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, columns, strict=True)))
     for key, cells in rows.items():
-        print(f"{key:<{width}}  " + "  ".join(f"{c:>28}" for c in cells))
+        line = "  ".join(f"{c:>{w}}" for c, w in zip(cells, columns, strict=True))
+        print(f"{key:<{width}}  {line}")
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Parse `argv` (none: the no-argument demo), evaluate every weights file, print the table
+    and write the JSON to --output; errors end in one line, NaN embeddings with status 1 and no
+    JSON."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv:
         cfg = parse_config(EvalConfig, argv, prog=PROG, description=__doc__.split("\n")[0])
     else:
         cfg = demo_config(EvalConfig.runs)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
         benchmarks = hard_negative_sets(cfg)
     except ConfigError as err:  # a file that is no benchmark: one line, as for a bad flag
         print(f"{PROG}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     device = resolve_device(cfg.device)
-    results = [evaluate_weights(cfg, w, device, benchmarks) for w in (cfg.pretrained or (None,))]
+    try:
+        results = [
+            evaluate_weights(cfg, w, device, benchmarks) for w in (cfg.pretrained or (None,))
+        ]
+    except NonFiniteFeatures as err:
+        raise SystemExit(f"smartclip.eval: error: {err}") from None
     print_table(results)
-    output = Path(cfg.output) if cfg.output else None
-    if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=1) + "\n")
-        print(f"written: {output}")
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=1) + "\n")
+    print(f"written: {output.absolute()}")
     return results
 
 

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import open_clip
+
 from smartclip.checkpoint import atomic_save, atomic_write_text, load_checkpoint
 from smartclip.cli import parse_config, require
 from smartclip.model import open_clip_config
@@ -46,6 +48,36 @@ def default_out(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return run / ("export" if path.stem == "latest" else f"export-{path.stem}")
+
+
+def export_model(weights: str | Path) -> str | None:
+    """The registered open_clip model whose config is the one in the `open_clip_config.json`
+    beside `weights` (`python -m smartclip.export` writes it; the text context, which the
+    weights carry, set aside); None when there is no such file. Raises ValueError when the file
+    is unreadable or no registered model has its config."""
+    path = Path(weights).parent / EXPORT_CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())["model_cfg"]
+        context = config["text_cfg"]["context_length"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not an open_clip export config ({err!r})") from None
+    for name in open_clip.list_models():
+        candidate = json.loads(json.dumps(open_clip.get_model_config(name)))  # tuples as lists
+        if "text_cfg" in candidate:
+            candidate["text_cfg"]["context_length"] = context
+        if candidate == config:
+            return name
+    raise ValueError(f"{path}: no registered open_clip model has this config; pass --model")
+
+
+def export_run(weights: str | Path) -> Path | None:
+    """The run folder of weights in an export folder of `python -m smartclip.export` (RUN for
+    RUN/export/<file> and RUN/export-<stem>/<file>), None for a file anywhere else."""
+    folder = Path(weights).absolute().parent
+    exported = folder.name == "export" or folder.name.startswith("export-")
+    return folder.parent if exported and folder.parent.name else None
 
 
 @dataclass(frozen=True)

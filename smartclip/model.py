@@ -223,10 +223,10 @@ def create_clip(
     else:  # open_clip's own loader, with its conversions of other layouts
         try:
             open_clip_factory.load_checkpoint(base, pretrained)
-        except RuntimeError as err:
-            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
+        except (RuntimeError, AssertionError) as err:  # its resizers assert equal widths
+            _check_fits(base, state, pretrained, name)  # the mismatch, for open_clip's layout
             raise ValueError(
-                f"{pretrained} does not fit open_clip model {name!r}: {detail[:300]}"
+                f"{pretrained} does not fit open_clip model {name!r}: {_first_line(err)[:300]}"
             ) from None
     if context_length is None or context_length == base.context_length:
         return base

@@ -68,7 +68,7 @@ def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
 def test_each_objective_trains_and_is_measured(tmp_path):
     out = tmp_path / "compare"
     co.main(
-        ["--seeds", "0", "--scenes-images", "120", "--scenes-dir", str(tmp_path / "scenes")]
+        ["--seeds", "0", "--scenes-images", "300", "--scenes-dir", str(tmp_path / "scenes")]
         + ["--steps", "2", "--batch-size", "8", "--synthetic-steps", "20", "--workers", "1"]
         + ["--synthetic-n-eval", "200"]
         + ["--out", str(out)]

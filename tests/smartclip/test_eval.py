@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from itertools import permutations
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +18,28 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from open_clip import factory as open_clip_factory
 from PIL import Image
 
 from smartclip import eval as sc_eval
+from smartclip import retrieval
 from smartclip.builtin import scenes_root
-from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.export import EXPORT_WEIGHTS_NAME, export_open_clip, export_run
 from smartclip.hard_negatives import (
     SUGARCREPE_CATEGORIES,
     HardNegative,
     load_hard_negatives_csv,
     load_sugarcrepe,
 )
-from smartclip.model import TINY_MODEL, create_clip
+from smartclip.model import TINY_CONFIG, TINY_MODEL, create_clip
 from smartclip.train_config import DEMO_STAGES
 from synthetic.scenes import write_dataset
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch) -> None:
+    """Every test runs in its own folder: the command line writes its JSON to the current one."""
+    monkeypatch.chdir(tmp_path)
 
 
 def benchmark_recall(images: torch.Tensor, texts: torch.Tensor, index: torch.Tensor, k: int):
@@ -60,7 +74,7 @@ def random_benchmark(seed: int, n_images: int = 40, dim: int = 16):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_retrieval_matches_clip_benchmark(seed):
     images, texts, index = random_benchmark(seed)
-    ours = sc_eval.retrieval_metrics(images, texts, index)
+    ours = retrieval.retrieval_metrics(images, texts, index)
     for k in (1, 5, 10):
         t2i, i2t = benchmark_recall(images, texts, index, k)
         assert ours[f"t2i_r{k}"] == pytest.approx(t2i)
@@ -70,9 +84,9 @@ def test_retrieval_matches_clip_benchmark(seed):
 
 def test_perfect_and_reversed_embeddings():
     images, _, index = random_benchmark(3)
-    perfect = sc_eval.retrieval_metrics(images, images[index], index)
+    perfect = retrieval.retrieval_metrics(images, images[index], index)
     assert all(v == 100 for v in perfect.values())
-    worst = sc_eval.retrieval_metrics(images, -images[index], index, ks=(1,))
+    worst = retrieval.retrieval_metrics(images, -images[index], index, ks=(1,))
     assert worst["t2i_r1"] == 0 and worst["i2t_r1"] == 0
 
 
@@ -82,8 +96,8 @@ def test_recall_ignores_image_order_and_grows_with_k(seed, perm):
     images, texts, index = random_benchmark(seed, n_images=12, dim=6)
     perm = torch.tensor(perm)
     inverse = torch.argsort(perm)
-    base = sc_eval.retrieval_metrics(images, texts, index, ks=(1, 3, 12))
-    shuffled = sc_eval.retrieval_metrics(images[perm], texts, inverse[index], ks=(1, 3, 12))
+    base = retrieval.retrieval_metrics(images, texts, index, ks=(1, 3, 12))
+    shuffled = retrieval.retrieval_metrics(images[perm], texts, inverse[index], ks=(1, 3, 12))
     assert shuffled == pytest.approx(base)
     for name in ("t2i", "i2t"):
         assert base[f"{name}_r1"] <= base[f"{name}_r3"] <= base[f"{name}_r12"]
@@ -94,7 +108,7 @@ def test_zeroshot_metrics_known_answer():
     classes = torch.eye(3)
     images = torch.tensor([[1.0, 0, 0], [0, 0.9, 0.1], [0.2, 0.1, 0.7], [0.6, 0.5, 0]])
     labels = torch.tensor([0, 1, 2, 1])
-    got = sc_eval.zeroshot_metrics(images, classes, labels)
+    got = retrieval.zeroshot_metrics(images, classes, labels)
     assert got == {"top1": 75.0, "top5": 100.0}
 
 
@@ -119,8 +133,8 @@ def test_eval_cli_on_generated_scenes_agrees_with_the_reference(tiny_weights, sc
     results = sc_eval.main([*args, "--output", str(out)])
     written = json.loads(out.read_text())["results"]
     assert written == json.loads(json.dumps(results))
-    retrieval = results[0]["retrieval"]
-    assert retrieval["images"] == len(val.images) and retrieval["captions"] > retrieval["images"]
+    recall = results[0]["retrieval"]
+    assert recall["images"] == len(val.images) and recall["captions"] > recall["images"]
     assert set(results[0]["latent_r2"]) == set(sc_eval.SCENE_ATTRIBUTES)
 
     # the same numbers from embeddings computed here and CLIP_benchmark's method
@@ -129,13 +143,13 @@ def test_eval_cli_on_generated_scenes_agrees_with_the_reference(tiny_weights, sc
     eval_set = sc_eval.build_eval_set(val.annotations["csv"], id_key="image_id")
     cpu = torch.device("cpu")
     transform, autocast = sc_eval.preprocess(clip), sc_eval.autocast_context("fp32", cpu)
-    images = sc_eval.encode_images(model, eval_set, transform, cpu, autocast)
+    images = retrieval.encode_images(model, eval_set, transform, cpu, autocast)
     tokenizer = sc_eval.open_clip.get_tokenizer(TINY_MODEL, context_length=clip.context_length)
-    texts = sc_eval.encode_texts(model, tokenizer, eval_set.captions, cpu, autocast)
+    texts = retrieval.encode_texts(model, tokenizer, eval_set.captions, cpu, autocast)
     for k in (1, 5, 10):
         t2i, i2t = benchmark_recall(images, texts, eval_set.text_to_image, k)
-        assert retrieval[f"t2i_r{k}"] == pytest.approx(t2i)
-        assert retrieval[f"i2t_r{k}"] == pytest.approx(i2t)
+        assert recall[f"t2i_r{k}"] == pytest.approx(t2i)
+        assert recall[f"i2t_r{k}"] == pytest.approx(i2t)
 
 
 def test_coco_layout_gives_the_same_retrieval_as_csv(tiny_weights, scenes):
@@ -202,7 +216,7 @@ def test_zeroshot_on_a_class_folder_with_known_predictions(tmp_path, templates):
             score_image(tmp_path / name / f"{i}.png", scores)
     (tmp_path / "notes.txt").write_text("not a class")
     cpu = torch.device("cpu")
-    got = sc_eval.evaluate_zeroshot(
+    got = retrieval.evaluate_zeroshot(
         ScoreModel(), colour_tokenizer, ToTensor(), tmp_path, templates, cpu, nullcontext
     )
     assert (got["classes"], got["images"]) == (7, 7)
@@ -265,9 +279,9 @@ def test_demo_config_finds_the_newest_runs(tmp_path):
             export.parent.mkdir(parents=True)
             export.write_bytes(b"")
             config = {"model": TINY_MODEL, "scenes_dir": str(tmp_path), "scenes_images": 20}
-            (export.parents[1] / "config.json").write_text(json.dumps(config))
+            (export.parent.parent / "config.json").write_text(json.dumps(config))
     found = sc_eval.latest_demo(tmp_path)
-    assert [Path(p).parents[1].name for p in found.values()] == [
+    assert [export_run(p).name for p in found.values()] == [
         f"2026_02_02-{stage}" for stage in ("tiny-clip", *DEMO_STAGES)
     ]
 
@@ -500,7 +514,8 @@ def test_no_argument_run_evaluates_the_scenes_hard_negatives_when_they_exist(
     tiny_weights, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    val = write_dataset(scenes_root("scenes", 120), 120, ("csv",))["val"]
+    # a quarter held out: the latent R² needs at least MIN_LATENT_IMAGES images
+    val = write_dataset(scenes_root("scenes", 120), 120, ("csv",), val_fraction=0.25)["val"]
     for stage in ("tiny-clip", *DEMO_STAGES):
         export = Path(sc_eval.EvalConfig.runs, f"2026_01_01-{stage}", "export")
         export.mkdir(parents=True)
@@ -528,3 +543,265 @@ def test_an_empty_evaluation_set_is_one_line_and_a_failing_exit(tmp_path, capsys
     message = str(info.value.code)
     assert message.startswith("smartclip.eval: error:") and "evaluation set is empty" in message
     assert "\n" not in message
+
+
+# ------------------------------------------- models without information, broken and misplaced
+
+
+def random_png(path: Path, seed: int) -> Path:
+    """A 32x32 PNG of random colours at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def caption_set(folder: Path, captions_per_image: Sequence[int]) -> Path:
+    """A captions.csv (filepath, title, image_id) over `random_png` images, image i with
+    `captions_per_image[i]` distinct captions."""
+    rows = []
+    for i, count in enumerate(captions_per_image):
+        random_png(folder / f"{i}.png", seed=i)
+        rows += [(f"{i}.png", f"picture {i} told in words number {c}", i) for c in range(count)]
+    with (folder / "captions.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filepath", "title", "image_id"])
+        writer.writerows(rows)
+    return folder / "captions.csv"
+
+
+def write_weights(path: Path, edit: Callable[[dict], object] | None = None) -> str:
+    """A tiny CLIP's state dict (seed 0), changed in place by `edit`, saved at `path`."""
+    torch.manual_seed(0)
+    state = create_clip(TINY_MODEL, context_length=77).state_dict()
+    if edit is not None:
+        edit(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return str(path)
+
+
+def write_export(run: Path, name: str, context_length: int) -> str:
+    """`python -m smartclip.export`'s export (weights and open_clip_config.json) of a random
+    `name` model at `context_length`, in run/export/."""
+    torch.manual_seed(0)
+    clip = create_clip(name, context_length=context_length)
+    checkpoint = run / "checkpoints" / "latest.pt"
+    checkpoint.parent.mkdir(parents=True)
+    state = {f"clip.{k}": v for k, v in clip.state_dict().items()}
+    model = {"model": state, "model_name": name, "context_length": context_length}
+    torch.save(model, checkpoint)
+    return str(export_open_clip(checkpoint, run / "export"))
+
+
+def i2t_chance(captions_per_image: Sequence[int], k: int) -> float:
+    """Percent of images with one of their captions in a uniformly random top k of all
+    captions: 1 − C(n − m, k) / C(n, k) for an image with m of the n captions."""
+    n = sum(captions_per_image)
+    return 100 * float(np.mean([1 - comb(n - m, k) / comb(n, k) for m in captions_per_image]))
+
+
+def one_line_exit(argv: Sequence[str]) -> str:
+    """The message `sc_eval.main(argv)` exits with, checked to be one line."""
+    with pytest.raises(SystemExit) as info:
+        sc_eval.main(list(argv))
+    message = str(info.value.code)
+    assert message.startswith("smartclip.eval: error: ") and "\n" not in message, message
+    return message
+
+
+def test_hit_probability_is_the_share_of_random_tie_breaks_that_hit():
+    """Integer scores in {0, 1, 2} over six items (ties everywhere), one to three own items per
+    query: the formula equals the share of all 720 orders of the items, used as tie-breaks, that
+    put an own item in the top k."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (12, 6), generator=g).float()
+    own = torch.zeros(12, 6, dtype=torch.bool)
+    for row in range(12):
+        own[row, torch.randperm(6, generator=g)[: 1 + row % 3]] = True
+    ks = (1, 2, 3, 4, 6)
+    got = retrieval.hit_probability(scores, own, ks)
+    for row in range(12):
+        hits = np.zeros(len(ks))
+        for order in permutations(range(6)):  # the tie-break: earlier in `order` ranks higher
+            ranked = sorted(range(6), key=lambda i: (-scores[row, i].item(), order.index(i)))
+            first_own = min(rank for rank, i in enumerate(ranked) if own[row, i])
+            hits += [first_own < k for k in ks]
+        assert got[row].tolist() == pytest.approx(hits / 720), row
+
+
+def test_constant_features_score_chance_in_the_metrics():
+    labels = torch.zeros(6, dtype=torch.long)  # all class 0, which a first-index tie-break picks
+    got = retrieval.zeroshot_metrics(torch.ones(6, 4), torch.ones(7, 4), labels)
+    assert got == pytest.approx({"top1": 100 / 7, "top5": 500 / 7})
+    counts = (2, 1, 3)
+    index = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    got = retrieval.retrieval_metrics(torch.ones(3, 4), torch.ones(6, 4), index, ks=(1, 2))
+    assert got == pytest.approx(
+        {"t2i_r1": 100 / 3, "t2i_r2": 200 / 3, "i2t_r1": i2t_chance(counts, 1)}
+        | {"i2t_r2": i2t_chance(counts, 2)}
+    )
+
+
+def test_an_export_with_a_zeroed_text_projection_scores_chance_recall(tmp_path):
+    counts = (1, 2, 3, 2, 1, 2, 3, 2)  # 8 images, 16 captions
+    data = caption_set(tmp_path / "data", counts)
+    export = tmp_path / "runs" / "zeroed" / "export" / EXPORT_WEIGHTS_NAME
+    weights = write_weights(export, lambda state: state["text_projection"].zero_())
+    argv = ["--pretrained", weights, "--data", str(data), "--csv-id-key", "image_id"]
+    got = sc_eval.main(argv)[0]["retrieval"]
+    assert (got["images"], got["captions"]) == (8, 16)
+    for k in (1, 5, 10):
+        assert got[f"t2i_r{k}"] == pytest.approx(100 * min(k, 8) / 8)
+        assert got[f"i2t_r{k}"] == pytest.approx(i2t_chance(counts, k))
+
+
+def test_constant_image_and_text_embeddings_score_chance_on_hard_negatives_and_zeroshot(
+    tmp_path,
+):
+    def constant(state: dict) -> None:
+        state["visual.proj"].zero_()
+        state["text_projection"].zero_()
+
+    weights = write_weights(tmp_path / "constant.bin", constant)
+    images = [  # one or two images per class
+        str(random_png(tmp_path / "classes" / colour / f"{i}.png", seed=10 * n + i))
+        for n, colour in enumerate(COLOURS)
+        for i in range(1 + n % 2)
+    ]
+    rows = [
+        (images[n], f"a {c} square", f"a {d} square", category, 1, images[n + 1])
+        for n, (c, d, category) in enumerate(
+            [("red", "blue", "swap_att"), ("green", "red", "swap_att"), ("big", "small", "x")]
+        )
+    ]
+    hard = write_csv(tmp_path / "hard_negatives.csv", rows)
+    argv = ["--pretrained", weights, "--zeroshot-dir", str(tmp_path / "classes")]
+    got = sc_eval.main([*argv, "--hard-negatives", str(hard)])[0]
+    assert got["zeroshot"]["classes"] == len(COLOURS)
+    assert got["zeroshot"]["top1"] == pytest.approx(100 / len(COLOURS))
+    assert got["zeroshot"]["top5"] == pytest.approx(500 / len(COLOURS))
+    for category in ("swap_att", "x", "mean"):
+        assert got["hard_negatives"][category]["text"] == 50.0
+        assert got["hard_negatives"][category]["image"] == 50.0
+
+
+def test_nan_embeddings_end_in_one_line_a_failing_status_and_no_json(tmp_path):
+    data = caption_set(tmp_path / "data", (1, 2, 1))
+    weights = write_weights(tmp_path / "diverged.bin", lambda s: s["visual.proj"].fill_(np.nan))
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "-m", "smartclip.eval", "--pretrained", weights, "--data", str(data)]
+    proc = subprocess.run(
+        [*cmd, "--output", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0] == (
+        f"smartclip.eval: error: {weights} ({TINY_MODEL}): "
+        "3 of 3 image embeddings are NaN or infinite"
+    )
+    assert not out.exists()
+
+
+def test_nan_text_embeddings_name_the_weights_and_stop_validation_too(tmp_path):
+    data = caption_set(tmp_path / "data", (1, 2, 1))
+    weights = write_weights(tmp_path / "w.bin", lambda s: s["text_projection"][0].fill_(np.inf))
+    message = one_line_exit(["--pretrained", weights, "--data", str(data)])
+    assert message.endswith(f"{weights} ({TINY_MODEL}): 4 of 4 text embeddings are NaN or infinite")
+    assert not (tmp_path / sc_eval.DEFAULT_OUTPUT).exists()
+    clip = create_clip(TINY_MODEL, weights)  # the trainer's validation raises the same class
+    model = sc_eval.SmartCLIPModel(clip, with_mask=False)
+    eval_set = sc_eval.build_eval_set(str(data), id_key="image_id")
+    tokenizer = sc_eval.open_clip.get_tokenizer(TINY_MODEL)
+    cpu, transform = torch.device("cpu"), sc_eval.preprocess(clip)
+    with pytest.raises(retrieval.NonFiniteFeatures, match="4 of 4 text embeddings"):
+        retrieval.evaluate_retrieval(model, eval_set, tokenizer, transform, cpu, nullcontext)
+    images = torch.eye(3).index_fill(0, torch.tensor([1]), np.nan)
+    with pytest.raises(retrieval.NonFiniteFeatures, match="1 of 3 image embeddings"):
+        retrieval.retrieval_metrics(images, torch.eye(3), torch.arange(3))
+
+
+def test_weights_of_another_model_end_in_one_line_naming_the_file_and_the_mismatch(tiny_weights):
+    message = one_line_exit(["--model", "ViT-B-16", "--pretrained", tiny_weights])
+    assert f"{tiny_weights} does not fit open_clip model 'ViT-B-16'" in message
+    assert "positional_embedding [77, 64] vs [77, 512]" in message
+
+
+def test_an_export_is_evaluated_as_the_model_of_its_config(tmp_path, monkeypatch):
+    wide = {**TINY_CONFIG, "text_cfg": {**TINY_CONFIG["text_cfg"], "width": 128}}
+    monkeypatch.setitem(open_clip_factory._MODEL_CONFIGS, "test-wide", wide)
+    weights = write_export(tmp_path / "runs" / "wide", "test-wide", context_length=248)
+    got = sc_eval.main(["--pretrained", weights])[0]
+    assert (got["model"], got["context_length"]) == ("test-wide", 248)
+    message = one_line_exit(["--model", TINY_MODEL, "--pretrained", weights])
+    assert f"{weights} does not fit open_clip model '{TINY_MODEL}'" in message
+    monkeypatch.delitem(open_clip_factory._MODEL_CONFIGS, "test-wide")
+    message = one_line_exit(["--pretrained", weights])
+    assert message.endswith("no registered open_clip model has this config; pass --model")
+
+
+def test_weights_are_named_by_their_run_or_their_file_wherever_they_sit(tmp_path, capsys):
+    paths = ["model.bin", "sub/model.bin", f"runs/mine/export/{EXPORT_WEIGHTS_NAME}"]
+    paths.append(f"runs/mine/export-epoch_2/{EXPORT_WEIGHTS_NAME}")
+    for path in paths:
+        write_weights(tmp_path / path)
+    results = sc_eval.main(["--pretrained", ",".join(paths)])
+    assert [r["weights"] for r in results] == paths
+    header = capsys.readouterr().out.splitlines()[0]
+    assert re.split(r"\s{2,}", header.strip()) == [
+        "model.bin #1",
+        "model.bin #2",
+        "mine",
+        "mine-epoch_2",
+    ]
+    assert sc_eval.column_names([None, "/export/w.bin", "w.bin"]) == [
+        "random",
+        "w.bin #1",
+        "w.bin #2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--data", "."], "--data: '.' is a folder; expected a caption file"),
+        (["--data", "s.tar", "--latents", "."], "--latents: '.' is a folder; expected"),
+        (["--hard-negatives", "."], "--hard-negatives: '.' is a folder; expected a hard_neg"),
+        (["--threads", "0"], "--threads: must be at least 1"),
+    ],
+)
+def test_folders_for_files_and_no_threads_exit_with_one_line(argv, says, one_line_error):
+    one_line_error(sc_eval.main, argv, says)
+
+
+def test_too_few_images_for_the_latent_fit_is_one_line_and_no_json(tiny_weights, scenes):
+    val = scenes["val"]
+    argv = ["--pretrained", tiny_weights, "--data", val.annotations["csv"]]
+    argv += ["--csv-id-key", "image_id", "--latents", str(val.latents)]
+    message = one_line_exit(argv)
+    assert message.endswith(
+        f"--latents: the latent R² fit needs at least {sc_eval.MIN_LATENT_IMAGES} images; "
+        f"{val.annotations['csv']} has {len(val.images)}"
+    )
+    assert len(val.images) < sc_eval.MIN_LATENT_IMAGES
+    assert not Path(sc_eval.DEFAULT_OUTPUT).exists()
+
+
+def test_threads_and_the_default_output_work_as_the_help_says(tiny_weights, capsys):
+    try:
+        results = sc_eval.main(["--pretrained", tiny_weights, "--threads", "2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    written = Path.cwd() / sc_eval.DEFAULT_OUTPUT
+    assert json.loads(written.read_text())["results"] == json.loads(json.dumps(results))
+    assert f"written: {written}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sc_eval.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert (
+        f"current folder (the no-argument run writes RUNS/eval_scenes.json) (default: "
+        f"'{sc_eval.DEFAULT_OUTPUT}')" in help_text
+    )
+    assert "--threads" in help_text

@@ -146,6 +146,13 @@ def wider_archive(path: Path) -> None:
     write_openai_archive(open_clip.CLIP(64, vision, text).state_dict(), path)
 
 
+def wider_state_dict(path: Path) -> None:
+    """An open_clip state dict (torch.save) of a CLIP whose text tower is twice as wide."""
+    torch.manual_seed(0)
+    text = {**TINY_CONFIG["text_cfg"], "width": 128}
+    torch.save(open_clip.CLIP(64, TINY_CONFIG["vision_cfg"], text).state_dict(), path)
+
+
 def no_clip_archive(path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -163,6 +170,10 @@ def training_checkpoint(path: Path) -> None:
             wider_archive,
             "shapes differ (file vs model): positional_embedding [77, 128] vs [77, 64]",
         ),
+        (
+            wider_state_dict,  # open_clip's loader asserts equal widths: no AssertionError
+            "shapes differ (file vs model): positional_embedding [77, 128] vs [77, 64]",
+        ),
         (no_clip_archive, "missing: positional_embedding, text_projection, logit_scale, ..."),
         (lambda path: path.write_bytes(b"<html>not found</html>"), "neither a state dict"),
         (training_checkpoint, "entry 'step' is of type int, not a tensor"),
@@ -175,6 +186,18 @@ def test_files_that_are_no_fitting_weights_raise_one_line_naming_them(tmp_path, 
         create_clip(TINY_MODEL, str(path), context_length=248)
     message = str(info.value)
     assert message.startswith(str(path)) and says in message and "\n" not in message, message
+
+
+def test_weights_of_a_smaller_model_raise_one_line_naming_the_file_and_shapes(tmp_path) -> None:
+    path = tmp_path / "tiny.bin"
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(TINY_MODEL).state_dict(), path)
+    with pytest.raises(ValueError) as info:
+        create_clip("ViT-B-16", str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path} does not fit open_clip model 'ViT-B-16': ") and (
+        "positional_embedding [77, 64] vs [77, 512]" in message and "\n" not in message
+    ), message
 
 
 def test_the_mask_network_is_masknet_reading_detached_final_token_states() -> None:
