@@ -39,6 +39,12 @@ def require(condition: bool, field: str, message: str) -> None:
 
 
 class _OneLineParser(argparse.ArgumentParser):
+    """An argparse parser that takes flags only as spelt in full (`--step 5` is no `--steps`) and
+    reports a bad one in one line."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -114,6 +120,32 @@ def build_parser(
             help=help_text,
         )
     return parser
+
+
+def _flag_value(value: Any) -> str:
+    """A field value as its flag's text (the inverse of `_converter`)."""
+    if isinstance(value, tuple):
+        sep = ";" if value and isinstance(value[0], tuple) else ","
+        return sep.join(_flag_value(v) for v in value)
+    return "none" if value is None else str(value)
+
+
+def config_to_argv(cfg: Any) -> list[str]:
+    """The flags that rebuild `cfg` from the defaults: one per field whose value differs, so
+    `parse_config(type(cfg), config_to_argv(cfg)) == cfg`."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            argv.append(flag_name(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [flag_name(f.name), _flag_value(value)]
+    return argv
 
 
 def config_from_args(

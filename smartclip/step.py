@@ -132,14 +132,21 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     losses: dict[str, float] | None,
+    clip_norm: float | None = None,
 ) -> bool:
     """Apply the accumulated gradient unless the loss or a gradient is not finite; True if the
-    parameters moved. With fp16 AMP the grad scaler makes the call (it skips steps with inf/NaN
-    gradients and lowers its scale); bf16 and fp32 have no scaler, so the loss and the total
-    gradient norm are checked here (gradients are identical on every rank after DDP's
-    all-reduce, so every rank decides alike)."""
+    parameters moved. With `clip_norm` the gradient g is first scaled to
+    g · min(1, clip_norm / ‖g‖₂) over all parameters (after unscaling under fp16 AMP). With
+    fp16 AMP the grad scaler makes the call (it skips steps with inf/NaN gradients and lowers
+    its scale); bf16 and fp32 have no scaler, so the loss and the total gradient norm are
+    checked here (gradients are identical on every rank after DDP's all-reduce, so every rank
+    decides alike)."""
     if losses is None:
         return False
+    if clip_norm is not None:
+        scaler.unscale_(optimizer)  # a no-op without fp16 AMP
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
     if scaler.is_enabled():
         before = scaler.get_scale()
         scaler.step(optimizer)

@@ -23,6 +23,7 @@ from smartclip.losses import OBJECTIVES, SPARSITY_FORMS
 from smartclip.model import KEEP_POSITIONS, TINY_MODEL
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
+MAX_DEFAULT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,27 @@ class TrainConfig:
         default=25,
         metadata={"help": "stop after this many consecutive non-finite loss/gradient steps"},
     )
+    grad_clip_norm: float | None = field(
+        default=None,
+        metadata={"help": "clip the total gradient norm to this (None: no clipping; release)"},
+    )
+    lock_image: bool = field(
+        default=False, metadata={"help": "freeze the image tower (open_clip's lock_image_tower)"}
+    )
+    lock_text: bool = field(
+        default=False, metadata={"help": "freeze the text tower (open_clip's lock_text_tower)"}
+    )
     grad_checkpointing: bool = False
     torchcompile: bool = False
     local_loss: bool = True
     gather_with_grad: bool = True
-    workers: int = 4
+    workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "data-loader processes per rank (None: the CPU cores this process may use, "
+            f"at most {MAX_DEFAULT_WORKERS})"
+        },
+    )
     threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads per process (default: torch's own)"}
     )
@@ -215,7 +232,11 @@ class TrainConfig:
             require(getattr(self, name) >= 1, name, "must be at least 1")
         require(self.accum_freq is None or self.accum_freq >= 1, "accum_freq", "at least 1")
         require(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be at least 1")
-        nonneg = ("warmup", "mask_warmup", "workers", "save_frequency", "save_every_steps")
+        require(self.workers is None or self.workers >= 0, "workers", "must be non-negative")
+        require(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm", "positive"
+        )
+        nonneg = ("warmup", "mask_warmup", "save_frequency", "save_every_steps")
         for name in (*nonneg, "val_frequency"):
             require(getattr(self, name) >= 0, name, "must be non-negative")
         for name in ("lr", "wd", "mask_lr", "mask_wd", "eps"):
@@ -231,6 +252,13 @@ class TrainConfig:
             "resume",
             f"no such checkpoint {self.resume!r}",
         )
+
+    def loader_workers(self) -> int:
+        """--workers, or the CPU cores this process may use (its affinity), at most
+        MAX_DEFAULT_WORKERS: torch warns when a loader has more workers than that."""
+        if self.workers is not None:
+            return self.workers
+        return min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)))
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per optimizer step: `accum_freq` if given, else the release's

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from smartclip.cli import parse_config, require
+from smartclip.cli import config_to_argv, parse_config, require
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ def test_preset_then_flags_override():
         (["--dims", "1,b"], "--dims"),
         (["--preset", "nope"], "--preset"),
         (["--unknown", "1"], "--unknown"),
+        (["--step", "5"], "--step"),  # abbreviations of --steps are misspellings, not --steps
+        (["--fla"], "--fla"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(argv, needle, one_line_error):
@@ -70,3 +72,27 @@ def test_help_states_each_default_once(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "how many (default: 10)" in text and "(default: None) (default" not in text
     assert text.count("(default:") == 7  # one per field; --preset and --help have none
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Demo(),
+        Demo(5, 0.1, "b c", True, (1, 2, 3), ((0, 1), (2,)), 7),
+        Demo(groups=((0,), (1, 2))),
+        Demo(dims=()),
+    ],
+)
+def test_config_to_argv_rebuilds_the_config(cfg):
+    argv = config_to_argv(cfg)
+    assert parse_config(Demo, argv) == cfg
+    assert len(argv) <= 2 * sum(getattr(cfg, f) != getattr(Demo(), f) for f in vars(Demo()))
+
+
+def test_config_to_argv_turns_a_true_default_off():
+    @dataclass(frozen=True)
+    class On:
+        on: bool = True
+
+    assert config_to_argv(On(on=False)) == ["--no-on"]
+    assert parse_config(On, config_to_argv(On(on=False))) == On(on=False)

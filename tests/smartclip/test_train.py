@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from smartclip import train
-from smartclip.data import Batch
+from smartclip import run_setup, train
+from smartclip.cli import parse_config
+from smartclip.data import Batch, build_eval_set
 from smartclip.export import EXPORT_WEIGHTS_NAME
 from smartclip.model import TINY_MODEL, build_model
 from smartclip.step import forward_backward, objective_from_config
@@ -368,9 +374,9 @@ def test_val_split_keeps_one_split_of_a_karpathy_file(tmp_path) -> None:
     files = write_dataset(tmp_path / "k", 30, ("csv", "karpathy"))
     karpathy = files["train"].annotations["karpathy"]
     cfg = train.TrainConfig(val_data=karpathy, val_split="val")
-    fmt, options = train.data_options(cfg, karpathy, cfg.val_split)
+    fmt, options = run_setup.data_options(cfg, karpathy, cfg.val_split)
     assert options["split"] == "val"
-    val = train.build_eval_set(karpathy, fmt, **options)
+    val = build_eval_set(karpathy, fmt, **options)
     assert len(val.images) == len(files["val"].images) < 30
 
 
@@ -416,10 +422,170 @@ def test_hard_negatives_from_a_csv_column_join_the_image_to_text_contrast(scenes
 
 def test_resuming_with_other_settings_is_refused(scenes, tmp_path, capsys) -> None:
     """A resumed run must continue the same computation: a changed setting stops it with one
-    line naming the flag (operational flags such as --steps may change)."""
-    argv = flags(scenes, tmp_path, "r", "--steps", "2", "--save-every-steps", "1")
-    train.main(argv)
-    train.main([*argv[:-2], "--steps", "3", "--resume", "latest"])  # more steps: fine
-    assert read_csv(tmp_path / "r" / "train.csv")[-1]["step"] == "3"
-    line = stops_with([*argv, "--steps", "4", "--resume", "latest", "--lr", "0.5"], capsys)
+    line naming the flag; --steps and --epochs set the cosine horizon, so they are settings too;
+    operational flags (--workers, --save-every-steps) may change."""
+    argv = flags(scenes, tmp_path, "r", "--steps", "3", "--save-every-steps", "2")
+    with pytest.raises(train.Interrupted):  # stop after step 2's checkpoint, as Ctrl-C would
+        with interrupt_at(3):
+            cfg = parse_config(train.TrainConfig, argv, presets=train.PRESETS)
+            train.train(cfg, tmp_path / "r", None)
+    line = stops_with([*argv, "--resume", "latest", "--steps", "4"], capsys)
+    assert "--steps: 3 → 4" in line
+    line = stops_with([*argv, "--resume", "latest", "--epochs", "5"], capsys)
+    assert "--epochs: 2 → 5" in line
+    line = stops_with([*argv, "--resume", "latest", "--lr", "0.5"], capsys)
     assert "--lr: 0.0001 → 0.5" in line
+    train.main([*argv, "--resume", "latest", "--save-every-steps", "1"])  # operational: fine
+    assert [r["step"] for r in read_csv(tmp_path / "r" / "train.csv")] == ["1", "2", "3"]
+
+
+# ------------------------------------------------------- verdicts: divergence, resume, Ctrl-C
+
+
+@contextmanager
+def interrupt_at(step: int):
+    """Raise KeyboardInterrupt when the trainer is about to run `step` (1-based)."""
+    real = train.train_step
+
+    def interrupting(run):
+        if run.state.progress["step"] + 1 == step:
+            raise KeyboardInterrupt
+        return real(run)
+
+    train.train_step = interrupting
+    try:
+        yield
+    finally:
+        train.train_step = real
+
+
+def test_a_diverged_run_names_no_checkpoint_and_leaves_nothing(scenes, tmp_path, capsys) -> None:
+    """--lr 1e12 used to name a deleted latest.pt as "the last good checkpoint" and, with
+    --save-every-steps 1, to save weights whose embeddings are NaN (100 % recall on export)."""
+    for name, extra in (("d", []), ("d1", ["--save-every-steps", "1"])):
+        argv = flags(scenes, tmp_path, name, "--steps", "6", "--lr", "1e12", *extra)
+        line = stops_with([*argv, "--max-nonfinite-steps", "2"], capsys)
+        assert "no checkpoint was written" in line and "last good" not in line, line
+        assert not (tmp_path / name).exists()
+
+
+def test_a_checkpoint_holds_weights_with_finite_embeddings(scenes, tmp_path, capsys) -> None:
+    """Weights that diverge after a good checkpoint: the run stops when the next checkpoint
+    would hold non-finite embeddings, naming the good one, which loads and embeds finitely."""
+    argv = flags(scenes, tmp_path, "g", "--steps", "6", "--save-every-steps", "1")
+    real = train.train_step
+
+    def blow_up_after_two(run):
+        out = real(run)
+        if run.state.progress["step"] == 3:
+            with torch.no_grad():
+                for p in run.state.model.parameters():
+                    p.mul_(1e30)
+        return out
+
+    train.train_step = blow_up_after_two
+    try:
+        line = stops_with(argv, capsys)
+    finally:
+        train.train_step = real
+    good = tmp_path / "g" / "checkpoints" / "latest.pt"
+    assert "step 3: the weights or their embeddings are not finite" in line
+    assert f"the last good checkpoint is {good}" in line
+    state = torch.load(good, weights_only=True)
+    assert state["progress"]["step"] == 2
+    model = build_model(TINY_MODEL, context_length=77, mask_heads=4)
+    model.load_state_dict(state["model"])
+    tokens = open_clip.get_tokenizer(TINY_MODEL)(["a red star"])
+    assert torch.isfinite(model.encode_text(tokens)).all()
+    assert not (tmp_path / "g" / "export").exists()
+    assert "stopped: step 3" in (tmp_path / "g" / "run.log").read_text()
+
+
+def test_ctrl_c_prints_the_step_and_a_resume_command_that_finishes_the_run(
+    scenes, tmp_path, capsys
+) -> None:
+    argv = flags(scenes, tmp_path, "c", "--steps", "4", "--save-every-steps", "2")
+    train.main(flags(scenes, tmp_path, "whole", "--steps", "4", "--save-every-steps", "2"))
+    capsys.readouterr()
+    with interrupt_at(4), pytest.raises(SystemExit) as info:
+        train.main(argv)
+    assert info.value.code == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("smartclip.train: interrupted at step 3 of c; resume from step 2: ")
+    command = shlex.split(line.split(": ", 2)[-1])
+    assert command[:3] == ["python", "-m", "smartclip.train"]
+    train.main(command[3:])  # the printed command, as a user would paste it
+    whole, resumed = (read_csv(tmp_path / n / "train.csv") for n in ("whole", "c"))
+    for a, b in zip(whole, resumed, strict=True):
+        a.pop("samples_per_s"), b.pop("samples_per_s")
+        assert a == b
+    before = read_csv(tmp_path / "c" / "val.csv")
+    train.main([*argv, "--resume", "latest"])  # a finished run: nothing repeated
+    assert (
+        read_csv(tmp_path / "c" / "val.csv") == before == read_csv(tmp_path / "whole" / "val.csv")
+    )
+    events = EventAccumulator(str(tmp_path / "c" / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4]  # the purged step 3 of the interrupted run is not repeated
+    assert [e.step for e in events.Scalars("val/t2i_r1")] == [4]
+
+
+def test_interrupted_before_any_checkpoint_keeps_nothing(scenes, tmp_path, capsys) -> None:
+    with interrupt_at(2), pytest.raises(SystemExit) as info:
+        train.main(flags(scenes, tmp_path, "early", "--steps", "4"))
+    assert info.value.code == 130
+    assert "no checkpoint had been written" in capsys.readouterr().err
+    assert not (tmp_path / "early").exists()
+
+
+def test_data_smaller_than_one_step_names_both_numbers(scenes, tmp_path, capsys) -> None:
+    argv = flags(scenes, tmp_path, "small", "--accum-freq", "8")  # 54 images < 8 × 8
+    line = stops_with(argv, capsys)
+    assert "54 training samples per rank" in line and "8 × 8 = 64" in line, line
+
+
+def test_a_warmup_as_long_as_the_run_is_a_warning_in_the_run_log(scenes, tmp_path) -> None:
+    train.main(flags(scenes, tmp_path, "w", "--steps", "3", "--warmup", "5"))
+    log = (tmp_path / "w" / "run.log").read_text()
+    assert "--warmup 5 is not shorter than the run (3 steps)" in log
+
+
+def test_locked_towers_do_not_move_and_the_other_does(scenes, tmp_path) -> None:
+    for steps in ("1", "2"):
+        train.main(flags(scenes, tmp_path, f"lock{steps}", "--steps", steps, "--lock-image"))
+    one, two = (
+        torch.load(tmp_path / f"lock{n}" / "checkpoints" / "latest.pt", weights_only=True)["model"]
+        for n in ("1", "2")
+    )
+    visual = [k for k in one if k.startswith("clip.visual.")]
+    text = [k for k in one if k.startswith("clip.transformer.")]
+    assert visual and text
+    assert all(torch.equal(one[k], two[k]) for k in visual)
+    assert not all(torch.equal(one[k], two[k]) for k in text)
+
+
+def test_the_summary_names_only_what_exists_and_a_loader_plain_open_clip_accepts(
+    scenes, tmp_path, capsys
+) -> None:
+    argv = flags(scenes, tmp_path, "s", "--steps", "1", "--val-frequency", "0")
+    at = argv.index("--val-data")
+    train.main(argv[:at] + argv[at + 2 :])  # no evaluation set: no val.csv
+    out = capsys.readouterr().out
+    assert "val.csv" not in out and "epoch_" not in out and "latest.pt" in out
+    call = re.search(r"open_clip\.create_model\('local-dir:[^']+'\)", out).group(0)
+    code = f"import open_clip; m = {call}; print(type(m).__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_default_workers_fit_the_machine_without_torch_s_warning(scenes, tmp_path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert train.TrainConfig().loader_workers() == min(4, cores)
+    assert train.TrainConfig(workers=0).loader_workers() == 0
+    argv = flags(scenes, tmp_path, "wk", "--steps", "1")
+    at = argv.index("--workers")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.main(argv[:at] + argv[at + 2 :])
+    assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
