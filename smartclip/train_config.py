@@ -1,7 +1,7 @@
 """`smartclip.train`'s configuration: every field a flag, the defaults the released recipe.
 
 The released SmartCLIP recipe (design.md §1), which the defaults are and which
-`tests/smartclip/test_train_config.py` checks against the README's recipe table: ViT-B/16 from
+`tests/smartclip/test_train_config.py` checks against docs/training.md's recipe table: ViT-B/16 from
 OpenAI's weights with the text context stretched 77 → 248 (positions 0-19 copied and frozen);
 AdamW with betas (0.9, 0.999) and eps 1e-8; backbone lr 1e-6 with weight decay 0.01 on every
 backbone parameter and a cosine schedule after 200 warm-up steps; mask network lr 1e-3 without
