@@ -50,6 +50,24 @@ def test_run_ids_follow_every_argument_and_diffs_name_the_flag():
     assert changes == ["kwargs.s.steps (--steps): 10 → 11"]
 
 
+def fit_a() -> None: ...
+
+
+def fit_b() -> None: ...
+
+
+def test_run_ids_follow_the_function_as_well_as_its_arguments():
+    """Two functions given identical arguments compute different results: different ids, and the
+    diff names the function."""
+    a, b = sweep.Job("k", fit_a, {"seed": 0}), sweep.Job("k", fit_b, {"seed": 0})
+    assert a.config["kwargs"] == b.config["kwargs"]
+    assert a.run_id != b.run_id and a.name != b.name
+    (change,) = sweep.config_diff(a.config, b.config)
+    assert change.startswith("fn ") and change.endswith(
+        f"{sweep.function_name(fit_a)} → {sweep.function_name(fit_b)}"
+    )
+
+
 def test_quick_is_shorthand_for_the_quick_preset():
     got = sweep.parse_experiment(Settings, ["--quick"], {"quick": {"steps": 3}}, "doc")
     assert got == Settings(3)

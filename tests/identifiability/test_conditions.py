@@ -399,6 +399,26 @@ def test_prediction_for_a_never_described_block_and_for_clip():
     )
 
 
+def test_correlated_worlds_raise_the_bound_on_what_is_lost_by_the_correlation_floor():
+    """Equicorrelated unit blocks (ρ): R²(z_b | g other blocks) = g ρ² / (1 + (g − 1) ρ). Block 2 is
+    never described, so its preserve_r2 bound is low + 2ρ²/(1 + ρ) (given blocks 0 and 1);
+    outside the caption subset (0,), block 1's bound is low + ρ²; where the floor alone reaches
+    1 − low there is no claim."""
+    low = 0.2
+    config = WorldConfig(block_dims=(1, 1, 1), include_prob=(0.5, 0.5, 0.0), latent_corr=0.5)
+    by_key = {(e.quantity, e.blocks, e.subset): e for e in predict(config, low=low).expectations}
+    dropped = by_key["preserve_r2", (2,), None]
+    assert (dropped.kind, dropped.bound) == ("low", pytest.approx(low + 2 * 0.25 / 1.5))
+    outside = by_key["disentangle_out_r2", (1,), (0,)]
+    assert (outside.kind, outside.bound) == ("low", pytest.approx(low + 0.25))
+    not_in_atom = by_key["block_r2", (1,), (0,)]
+    assert (not_in_atom.kind, not_in_atom.bound) == ("low", pytest.approx(low + 0.25))
+    strong = WorldConfig(block_dims=(1, 1, 1), include_prob=(0.5, 0.5, 0.0), latent_corr=0.9)
+    vacuous = {(e.quantity, e.blocks): e for e in predict(strong, low=low).expectations}
+    assert vacuous["preserve_r2", (2,)].kind == "none"  # 2·0.81/1.9 + 0.2 ≥ 1
+    assert "vacuous" in vacuous["preserve_r2", (2,)].reason
+
+
 @pytest.mark.parametrize(
     ("config", "kwargs", "failed"),
     [
@@ -434,3 +454,14 @@ def test_check_prediction_compares_measured_values():
     assert outcomes[(1,), "low"].held is False
     assert outcomes[(0,), "low"].held is False  # the width bound: 1/2 + slack < 0.95
     assert all(o.expectation.quantity == "preserve_r2" for o in outcomes.values())
+
+
+def test_an_expectation_over_several_blocks_compares_their_dim_weighted_mean():
+    """The width bound covers blocks of 3 and 1 dims: its value is (3·0.3 + 1·0.9)/4 = 0.45, within
+    the bound 2/4 + 0.05 (the unweighted mean, 0.6, would not be)."""
+    config = WorldConfig(block_dims=(3, 1), include_prob=(1.0, 1.0))
+    p = predict(config, embed_dim=2)
+    values = {("preserve_r2", 0, None): 0.3, ("preserve_r2", 1, None): 0.9}
+    (width,) = [o for o in check_prediction(p, values) if len(o.expectation.blocks) == 2]
+    assert width.expectation.bound == pytest.approx(2 / 4 + 0.05)
+    assert width.value == pytest.approx(0.45) and width.held is True

@@ -4,10 +4,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import spearmanr
+from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from identifiability.metrics import (
+    KRR_GRID,
     block_r2_matrix,
     correlation_matrix,
     mcc,
@@ -75,10 +80,53 @@ def test_block_matrix_is_diagonal_for_separated_blocks():
     assert abs(matrix[0, 1]) < 0.05 and abs(matrix[1, 0]) < 0.05
 
 
+def test_block_matrix_rows_are_targets_and_columns_are_feature_groups():
+    """An asymmetric map: dims "ab" carry blocks a and b, dims "a" carry a alone, and no group
+    carries c, so R[k, g] = R²(z_k | ẑ_g) is [[1, 1], [0, 1], [0, 0]]; each entry is the
+    separate linear fit of that target on that group."""
+    g = np.random.default_rng(4)
+    a, b, c = g.normal(size=(400, 2)), g.normal(size=400), g.normal(size=(400, 3))
+    targets = {"a": a, "b": b, "c": c}
+    features = {
+        "a": a @ g.normal(size=(2, 2)),
+        "ab": np.column_stack([a, b]) @ g.normal(size=(3, 3)),
+    }
+    matrix = block_r2_matrix(targets, features, kind="linear")
+    assert matrix.shape == (3, 2)
+    for row, target in enumerate(targets.values()):
+        for col, group in enumerate(features.values()):
+            assert matrix[row, col] == pytest.approx(r2(group, target, "linear"), abs=1e-9)
+    assert matrix[0, 0] > 0.99 and matrix[0, 1] > 0.99 and matrix[1, 1] > 0.99
+    assert matrix[1, 0] < 0.05 and (matrix[2] < 0.05).all()
+
+
+def test_nonlinear_r2_is_a_kernel_ridge_fit_standardised_on_the_train_half_alone():
+    """The reference fit by hand: the same split, targets standardised with train-half statistics
+    only, the same (α, γ) grid; each target's R² the mean over its dims of the joint fit."""
+    g = np.random.default_rng(5)
+    x = g.normal(size=(240, 2))
+    a = np.column_stack([np.sin(2 * x[:, 0]), x[:, 0] * x[:, 1]]) + 0.3 * g.normal(size=(240, 2))
+    b = x[:, 1] ** 2 + 0.3 * g.normal(size=240) + 5.0
+    order = np.random.default_rng(0).permutation(240)
+    test, train = order[:120], order[120:]
+    y = np.column_stack([a, b])
+    y = (y - y[train].mean(0)) / y[train].std(0)
+    model = GridSearchCV(make_pipeline(StandardScaler(), KernelRidge(kernel="rbf")), KRR_GRID, cv=3)
+    per_dim = r2_score(
+        y[test], model.fit(x[train], y[train]).predict(x[test]), multioutput="raw_values"
+    )
+    got = r2_scores(x, {"a": a, "b": b}, "nonlinear")
+    assert got["a"] == pytest.approx(per_dim[:2].mean(), abs=1e-9)
+    assert got["b"] == pytest.approx(per_dim[2], abs=1e-9)
+
+
 def test_reverse_r2_flags_a_representation_of_noise():
     z = rng.normal(size=(500, 2))
     assert reverse_r2(z, z @ np.array([[1.0, 2.0], [0.5, -1.0]]), "linear") > 0.99
     assert reverse_r2(z, rng.normal(size=(500, 3)), "linear") < 0.05
+    # one of z's two dims kept: z explains all of it, it explains half of z
+    assert reverse_r2(z, z[:, :1], "linear") > 0.99
+    assert r2(z[:, :1], z, "linear") == pytest.approx(0.5, abs=0.05)
 
 
 def test_bad_kind_raises():

@@ -24,13 +24,36 @@ def test_masknet_shapes_hard_values_and_detached_input():
 
 
 def test_soft_mask_and_single_token_input():
+    """[B, W] is one token per row, whose pooling weight is 1: p = sigmoid(W_o Block(s) + b_o).
+    The soft mask is p itself, the hard one 1[p ≥ ½]; without detach the states get p's
+    gradient."""
     torch.manual_seed(0)
     net = MaskNet(width=8, embed_dim=5, heads=2, hard=False, detach=False)
     states = torch.randn(4, 8, requires_grad=True)
     m = net(states)
-    assert m.shape == (4, 5) and ((m > 0) & (m < 1)).all()
-    m.sum().backward()
-    assert states.grad is not None
+    p = torch.sigmoid(net.proj(net.block(states[:, None, :])[:, 0]))
+    torch.testing.assert_close(m, p)
+    assert torch.equal(m, net(states[:, None, :]))
+    assert len(m.unique()) == m.numel()  # graded values, not a thresholded 0/1 mask
+    net.hard = True
+    assert torch.equal(net(states), (p >= 0.5).float())
+    (got,) = torch.autograd.grad(m.sum(), states)
+    (want,) = torch.autograd.grad(p.sum(), states)
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, want)
+
+
+def test_attention_pooling_weights_tokens_by_a_softmax_of_their_scores():
+    """p = sigmoid(W_o Σ_l a_l h_l + b_o), a = softmax over the tokens of w_a · h, by hand."""
+    torch.manual_seed(2)
+    net = MaskNet(width=8, embed_dim=6, heads=2, hard=False)
+    states = torch.randn(3, 5, 8)
+    h = net.block(states)
+    scores = h @ net.score.weight[0] + net.score.bias  # [3, 5]
+    weights = scores.exp() / scores.exp().sum(1, keepdim=True)
+    pooled = torch.einsum("bl,blw->bw", weights, h)
+    want = torch.sigmoid(pooled @ net.proj.weight.T + net.proj.bias)
+    torch.testing.assert_close(net(states), want)
 
 
 def test_attention_pooling_is_permutation_invariant_over_tokens():

@@ -1,13 +1,19 @@
-"""Parameter groups, per-group cosine schedules and the frozen positional rows."""
+"""Parameter groups, per-group cosine schedules, the frozen positional rows, and the optimizer
+the trainer builds from its flags."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
+from smartclip import train
+from smartclip.checkpoint import load_checkpoint
 from smartclip.model import TINY_MODEL, build_model, text_positional_embedding
 from smartclip.optim import cosine_lr, cosine_schedules, param_groups, pin_rows
+from synthetic.scenes import write_dataset
 
 
 def names_by_group(model, groups):
@@ -81,3 +87,26 @@ def test_modules_trained_from_scratch_take_the_mask_rate():
     members = names_by_group(model, param_groups(model, 1e-6, 0.01, 1e-3, 0.0))
     calibration = {n for n, _ in model.named_parameters() if n.startswith("calibration.")}
     assert calibration and members["mask"] == calibration
+
+
+def test_the_trainer_builds_adamw_from_its_flags(tmp_path: Path) -> None:
+    """A one-step tiny run through the command line: the optimizer state in its checkpoint has
+    --beta1/--beta2/--eps in every group, and the backbone and mask network groups each their own
+    weight decay and base rate (values unlike any default, so a swap or a default shows)."""
+    files = write_dataset(tmp_path / "data", 10, ("csv",), val_fraction=0.0)
+    train.main([
+        "--preset", "tiny-smartclip", "--train-data", str(files["train"].annotations["csv"]),
+        "--batch-size", "8", "--context-length", "77", "--steps", "1", "--workers", "0",
+        "--logs", str(tmp_path / "runs"), "--name", "adamw",
+        "--beta1", "0.8", "--beta2", "0.95", "--eps", "1e-7",
+        "--lr", "3e-4", "--wd", "0.03", "--mask-lr", "2e-3", "--mask-wd", "0.002",
+    ])  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "runs" / "adamw" / "checkpoints" / "latest.pt")
+    groups = {g["name"]: g for g in ckpt["optimizer"]["param_groups"]}
+    assert set(groups) == {"backbone", "mask"}
+    for group in groups.values():
+        assert (tuple(group["betas"]), group["eps"]) == ((0.8, 0.95), 1e-7)
+    assert (groups["backbone"]["weight_decay"], groups["backbone"]["initial_lr"]) == (0.03, 3e-4)
+    assert (groups["mask"]["weight_decay"], groups["mask"]["initial_lr"]) == (0.002, 2e-3)
+    masknet = [k for k in ckpt["model"] if k.startswith("masknet.")]
+    assert len(groups["mask"]["params"]) == len(masknet)

@@ -28,6 +28,24 @@ def test_observations_invert_to_latents():
     assert torch.allclose(rec_t[:, 5:7], batch.m, atol=1e-3)  # the caption says what it describes
 
 
+def test_the_short_caption_describes_the_first_described_block_alone():
+    """Inverting g_T: t_short carries the mask of the lowest-index described block, that block's
+    latent (zeros elsewhere) and the caption's own nuisance; a one-block caption is its own."""
+    dims = (2, 3, 1)
+    world = World(WorldConfig(block_dims=dims, img_nuisance_dim=1, txt_nuisance_dim=2, seed=3))
+    batch = world.sample(500, stream(0, "eval"))
+    first = batch.m.argmax(1)
+    assert (batch.m.sum(1) >= 2).sum() > 100 and len(set(first.tolist())) == 3
+    one_hot = torch.nn.functional.one_hot(first, 3).float()
+    keep = one_hot.repeat_interleave(torch.tensor(dims), dim=1)
+    rec = world.g_txt.inverse(batch.t_short.double()).float()
+    assert torch.allclose(rec[:, :6], batch.z * keep, atol=1e-3)
+    assert torch.allclose(rec[:, 6:9], one_hot, atol=1e-3)
+    assert torch.allclose(rec[:, 9:], batch.s_txt, atol=1e-3)
+    single = batch.m.sum(1) == 1
+    assert single.any() and torch.equal(batch.t_short[single], batch.t[single])
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     probs=st.lists(st.floats(0.05, 0.95), min_size=2, max_size=5),
