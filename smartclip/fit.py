@@ -1,6 +1,7 @@
 """Fit a small SmartCLIP or CLIP model on a synthetic world: fresh samples every step.
 
-θ ← Adam(θ, ∇_θ L(f_θ(x), g_θ(t)))  with a cosine learning-rate decay after a linear warm-up
+θ ← Adam(θ, clip(∇_θ L(f_θ(x), g_θ(t))))  with a cosine learning-rate decay after a linear warm-up,
+clip(g) = g · min(1, c / (‖g‖₂ + 1e-6)) for a clip norm c (`grad_clip_norm`; off by default)
 
 Every purpose draws from its own stream (`synthetic.seeding`): the model's initial weights from
 ("init"), step s's batch from ("train", s); evaluation code uses ("eval", ...), so no number of
@@ -9,8 +10,9 @@ steps makes a training batch coincide with an evaluation set.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -36,7 +38,8 @@ class TrainSettings:
     the empty-mask norm floor is ours (`losses.masked_similarity`). With the bare eps guard and
     the sparsity mean(m), the mask network collapsed on two of four worlds at these values (logit
     scale 30 with sparsity weight 1 was used instead); with both changes 11 of the 12 runs of
-    `--preset paper` train normally and one still collapses (README, "The mask collapse")."""
+    `--preset paper` train normally and one still collapses (docs/synthetic_identifiability.md,
+    "The mask collapse")."""
 
     steps: int = 10_000
     batch_size: int = 512
@@ -57,6 +60,13 @@ class TrainSettings:
     text_encoder: str = "mlp"
     hard_negatives: tuple[str, ...] = ()
     negative_k: int = 1
+    grad_clip_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "clip the total gradient norm to this before each step (none: no clipping, "
+            "as the release)"
+        },
+    )
 
     def __post_init__(self) -> None:
         positive = (
@@ -82,6 +92,12 @@ class TrainSettings:
             not unknown, "hard_negatives", f"unknown {sorted(unknown)}; choose from {OPERATORS}"
         )
         require(self.negative_k >= 1, "negative_k", "must be at least 1")
+        clip = self.grad_clip_norm
+        require(
+            clip is None or (math.isfinite(clip) and clip > 0),
+            "grad_clip_norm",
+            f"must be positive and finite (or none for no clipping), got {clip}",
+        )
 
     def settings(self) -> dict:
         """The TrainSettings fields of this config (for building a FitConfig from a sweep's)."""
@@ -149,6 +165,16 @@ def held_out_batch(
     return world.sample(n, gen) if mask is None else world.sample(n, gen, mask)
 
 
+def clip_gradients(params: Sequence[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm ‖g‖₂ over `params` (their gradients viewed as one vector), taken
+    before clipping; with `max_norm` = c the gradients are scaled in place by
+    min(1, c / (‖g‖₂ + 1e-6)) (`torch.nn.utils.clip_grad_norm_`), without it they are untouched."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 def fit(
     world: AnyWorld,
     cfg: FitConfig,
@@ -157,9 +183,10 @@ def fit(
 ) -> SyntheticCLIP:
     """Train a fresh model for cfg.steps; `on_step(step, losses, model)` runs after every step.
 
-    With `log_dir`, every `cfg.log_every` steps the loss terms, the learning rate and the mask's
-    health (`losses.mask_health`) go to `log_dir/train.csv` and TensorBoard, and a warning is
-    logged when the mask stops depending on the caption (`masknet.CollapseWatch`)."""
+    With `log_dir`, every `cfg.log_every` steps the loss terms, the learning rate, the gradient
+    norm before clipping (`grad_norm`, `clip_gradients`) and the mask's health
+    (`losses.mask_health`) go to `log_dir/train.csv` and TensorBoard, and a warning is logged
+    when the mask stops depending on the caption (`masknet.CollapseWatch`)."""
     model = build_model(world, cfg)
     objective = build_objective(
         cfg.objective,
@@ -167,7 +194,8 @@ def fit(
         sparsity=cfg.sparsity,
         norm_floor=cfg.mask_norm_floor,
     )
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup))
     log = RunLog(log_dir) if log_dir is not None else None
     watch = CollapseWatch()
@@ -177,12 +205,13 @@ def fit(
         out = objective(model(batch.x, batch.t, batch.t_neg, t_short), model.logit_scale)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
+        grad_norm = clip_gradients(params, cfg.grad_clip_norm)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         terms = {"loss": out.total.item(), **{k: v.item() for k, v in out.terms.items()}}
         if log is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
-            log.write("train", step + 1, {**terms, "lr": lr})
+            log.write("train", step + 1, {**terms, "lr": lr, "grad_norm": grad_norm.item()})
             watch.update(step + 1, terms)
         if on_step is not None:
             on_step(step, terms, model)

@@ -1,13 +1,30 @@
-"""The synthetic fit: every purpose draws from its own stream, so held-out means disjoint."""
+"""The synthetic fit: every purpose draws from its own stream, so held-out means disjoint;
+gradient clipping bounds what each update uses and is off by default."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from smartclip.fit import FitConfig, build_model, held_out_batch, training_batch
+from smartclip.cli import ConfigError, parse_config
+from smartclip.encoders import SyntheticCLIP
+from smartclip.fit import (
+    FitConfig,
+    TrainSettings,
+    build_model,
+    fit,
+    held_out_batch,
+    training_batch,
+)
+from smartclip.losses import build_objective
 from synthetic.worlds import World, WorldConfig
+
+SMALL = {"steps": 6, "batch_size": 64, "hidden": 32, "text_width": 16, "warmup": 2, "log_every": 1}
 
 
 def longest_presets() -> list[tuple[int, int, int, int]]:
@@ -59,3 +76,82 @@ def test_streams_are_reproducible_and_distinct_per_purpose():
     assert all(torch.equal(first[k], second[k]) for k in first)
     other = build_model(world, FitConfig(seed=2)).state_dict()
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_long_clip_trains_on_the_batch_short_captions():
+    """Step 0's loss is Long-CLIP's on the fresh model with the batch's own short captions, which
+    differs from the loss with the long captions in their place."""
+    world, cfg = (
+        World(WorldConfig(seed=1)),
+        FitConfig(objective="longclip", **{**SMALL, "steps": 1}),
+    )
+    logged: list[float] = []
+    fit(world, cfg, lambda s, terms, m: logged.append(terms["loss"]))
+    model, batch = build_model(world, cfg), training_batch(world, cfg, 0)
+    objective = build_objective("longclip")
+    with torch.no_grad():
+        want, wrong = (
+            objective(model(batch.x, batch.t, None, short), model.logit_scale).total.item()
+            for short in (batch.t_short, batch.t)
+        )
+    assert logged == [pytest.approx(want, rel=1e-6)]
+    assert abs(wrong - want) > 1e-3
+
+
+def gradient_norm(model: torch.nn.Module) -> float:
+    """‖g‖₂ of the model's current gradients, viewed as one vector."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads).item()
+
+
+def traced_fit(cfg: FitConfig, log_dir: Path) -> tuple[SyntheticCLIP, list[float], pd.DataFrame]:
+    """A fit of the quick world (seed 1) with: the gradient norm each update used (after any
+    clipping; `fit` clears the gradients only at the next step), and the logged train.csv."""
+    used: list[float] = []
+    model = fit(
+        World(WorldConfig(seed=1)), cfg, lambda s, t, m: used.append(gradient_norm(m)), log_dir
+    )
+    return model, used, pd.read_csv(log_dir / "train.csv")
+
+
+def test_clipping_bounds_the_gradient_of_every_update_and_logs_the_norm_before_it(tmp_path):
+    free_model, free, free_log = traced_fit(FitConfig(**SMALL), tmp_path / "free")
+    max_norm = min(free) / 10  # below every unclipped norm
+    cfg = FitConfig(**SMALL, grad_clip_norm=max_norm)
+    clipped_model, clipped, clipped_log = traced_fit(cfg, tmp_path / "clipped")
+    assert len(clipped) == SMALL["steps"] and max(clipped) <= max_norm * (1 + 1e-5)
+    # the clipped gradients are what the optimiser stepped with: the runs part ways
+    free_state, clipped_state = free_model.state_dict(), clipped_model.state_dict()
+    assert not all(torch.equal(free_state[k], clipped_state[k]) for k in free_state)
+    # train.csv holds the norm before clipping: at step 1 both runs have the same gradient
+    assert free_log.grad_norm.tolist() == pytest.approx(free, rel=1e-5)
+    assert clipped_log.grad_norm[0] == pytest.approx(free[0], rel=1e-5)
+
+
+def test_no_clipping_by_default_and_a_norm_above_every_gradient_changes_nothing(tmp_path):
+    assert FitConfig().grad_clip_norm is None  # the release does not clip
+    default_model, default_used, default_log = traced_fit(FitConfig(**SMALL), tmp_path / "a")
+    cfg = FitConfig(**SMALL, grad_clip_norm=1e30)
+    loose_model, loose_used, loose_log = traced_fit(cfg, tmp_path / "b")
+    default_state, loose_state = default_model.state_dict(), loose_model.state_dict()
+    assert all(torch.equal(default_state[k], loose_state[k]) for k in default_state)
+    assert default_used == loose_used
+    pd.testing.assert_frame_equal(default_log, loose_log)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_a_clip_norm_that_is_not_positive_and_finite_is_refused(bad):
+    with pytest.raises(ConfigError, match="--grad-clip-norm: must be positive and finite"):
+        FitConfig(grad_clip_norm=bad)
+
+
+def test_the_clip_norm_flag_parses_and_a_bad_value_exits_with_one_line(capsys):
+    assert parse_config(TrainSettings, ["--grad-clip-norm", "0.5"]).grad_clip_norm == 0.5
+    assert parse_config(TrainSettings, ["--grad-clip-norm", "none"]).grad_clip_norm is None
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(TrainSettings, ["--grad-clip-norm", "-2"], prog="fit")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fit: error: --grad-clip-norm: must be positive and finite (or none for no clipping), "
+        "got -2.0"
+    ]
