@@ -22,7 +22,7 @@ from smartclip import run_setup, train
 from smartclip.cli import parse_config
 from smartclip.data import Batch, build_eval_set
 from smartclip.export import EXPORT_WEIGHTS_NAME
-from smartclip.model import TINY_MODEL, build_model
+from smartclip.model import TINY_MODEL, build_model, create_clip
 from smartclip.step import forward_backward, objective_from_config
 from synthetic.scenes import write_dataset
 
@@ -589,3 +589,14 @@ def test_default_workers_fit_the_machine_without_torch_s_warning(scenes, tmp_pat
         warnings.simplefilter("always")
         train.main(argv[:at] + argv[at + 2 :])
     assert not [w for w in caught if "worker" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_weights_of_another_model_end_as_one_line(scenes, tmp_path, capsys) -> None:
+    """It used to end in open_clip's `AssertionError: text pos_embed width changed!`."""
+    state = create_clip(TINY_MODEL).state_dict()
+    state["positional_embedding"] = torch.zeros(77, 7)  # a text tower 7 wide: not this model
+    weights = tmp_path / "other.bin"
+    torch.save(state, weights)
+    line = stops_with(flags(scenes, tmp_path, "o", "--pretrained", str(weights)), capsys)
+    assert str(weights) in line and "positional_embedding" in line, line
+    assert not (tmp_path / "o").exists()
