@@ -6,9 +6,12 @@
 One world per row (`WORLDS`). For each: `identifiability.conditions.predict` BEFORE any training
 (assumption verdicts, guarantee holds/void, expected value per measured quantity), then SmartCLIP
 trained and measured by `synthetic_recovery.run_one` for every seed (through `sweep.run_sweep`),
-then the comparison on the seed-mean values:
-  held      every claim the theory still makes (basis theorem or information bound) holds
-  failure   the guarantee is void and some claim that it would have made fails (P5's symptom)
+then every claim decided on the seeds by the rule of `identifiability.verdicts` (held / not held /
+undecided by where the 95 % interval of the seed mean lies; fewer than 3 seeds: no verdict):
+  held      every claim the theory still makes (basis theorem or information bound) is held
+  NOT held  some such claim is not held; undecided: none is not held, some are undecided
+  failure   the guarantee is void and some claim that it would have made, and that the baseline
+            holds, is not held (P5's symptom)
 Writes OUT/results.csv (long format), OUT/predictions.json, OUT/table.csv, OUT/table.md and
 OUT/violations.png; resumes an interrupted OUT.
 """
@@ -16,30 +19,32 @@ OUT/violations.png; resumes an interrupted OUT.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from claims import PREDICTED, claim_text, label_of, measured_values, seed_values
 from synthetic_recovery import tag_rows
 
 from identifiability.conditions import (
     BOUND,
     THEOREM,
     VOID,
+    Decision,
     Expectation,
-    Outcome,
     Prediction,
-    check_prediction,
+    decide_prediction,
     predict,
 )
+from identifiability.verdicts import HELD, MIN_SEEDS, NOT_HELD, UNDECIDED
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import require
 from smartclip.fit import FitConfig, TrainSettings
-from sweep import Job, begin, markdown_table, parse_experiment, run_sweep, write_json
+from sweep import Job, begin, interval, markdown_table, parse_experiment, run_sweep, write_json
 from synthetic.worlds import WorldConfig
 
-PREDICTED = ("preserve_r2", "nuisance_r2", "disentangle_in_r2", "disentangle_out_r2", "block_r2")
 ATOMS_01_2_3 = ((0, 1), (2,), (3,), (0, 1, 2), (0, 1, 3), (2, 3), (0, 1, 2, 3))
 
 
@@ -134,47 +139,20 @@ def jobs(cfg: ViolationConfig) -> list[Job]:
                 "max_subsets": cfg.max_subsets,
             },
             steps=cfg.steps,
+            cpu_paths=cfg.cpu_paths,
         )
         for name in cfg.worlds
         for seed in cfg.seeds
     ]
 
 
-def _blocks(label: str) -> tuple[int, ...]:
-    """ "z0+z2" → (0, 2); "dims(z1)" → (1,)."""
-    inner = label.removeprefix("dims(").removesuffix(")")
-    return tuple(int(b[1:]) for b in inner.split("+"))
-
-
-def measured_values(results: pd.DataFrame) -> dict[tuple, float]:
-    """Seed-mean value per (quantity, block, subset) in the keys of `check_prediction`."""
-    r = results[results.quantity.isin(PREDICTED)].fillna({"block": "", "subset": ""})
-    means = r.groupby(["quantity", "block", "subset"]).value.mean()
-    return {
-        (q, None if b == "s_img" else int(b[1:]), _blocks(s) if s else None): v
-        for (q, b, s), v in means.items()
-    }
-
-
-def _name(blocks: tuple[int, ...]) -> str:
-    return "+".join(f"z{b}" for b in blocks)
-
-
-def _claim(o: Outcome) -> str:
-    e = o.expectation
-    where = f"|{_name(e.subset)}" if e.subset else ""
-    target = _name(e.blocks) or "s_img"
-    sign = {"high": "≥", "low": "≤", "degraded": "<"}[e.kind]
-    return f"{e.quantity}({target}{where}) {o.value:.2f} {sign} {e.bound:.2f}"
-
-
 def describe(p: Prediction) -> str:
     """The prediction in a few words: atoms, dropped blocks, information bounds."""
-    parts = ["atoms " + " ".join(_name(a) for a in p.algebra.atoms)]
+    parts = ["atoms " + " ".join(label_of(a) for a in p.algebra.atoms)]
     if p.algebra.dropped:
-        parts.append("dropped " + _name(p.algebra.dropped))
+        parts.append("dropped " + label_of(p.algebra.dropped))
     bounds = [e for e in p.expectations if e.basis == BOUND and e.quantity == "preserve_r2"]
-    parts += [f"preserve({_name(e.blocks)}) ≤ {e.bound:.2f}" for e in bounds]
+    parts += [f"preserve({label_of(e.blocks)}) ≤ {e.bound:.2f}" for e in bounds]
     return "; ".join(parts)
 
 
@@ -182,53 +160,72 @@ def _key(e: Expectation) -> tuple:
     return e.quantity, e.blocks, e.subset, e.kind
 
 
+def _seed_interval(results: pd.DataFrame, quantity: str) -> str:
+    """The quantity averaged over blocks and subsets within each seed, as mean ± half-width of
+    the 95 % interval over seeds."""
+    per_seed = results[results.quantity == quantity].groupby("seed").value.mean()
+    return interval(per_seed) if len(per_seed) else "—"
+
+
 def row_summary(
     name: str,
     p: Prediction,
-    outcomes: list[Outcome],
-    values: dict,
-    baseline: dict[tuple, bool] | None = None,
+    decisions: list[Decision],
+    results: pd.DataFrame,
+    baseline: dict[tuple, str] | None = None,
 ) -> dict:
-    """One table row: what was predicted, what was measured, whether the prediction held.
-    A void claim that fails counts as the violation's failure only if it holds in `baseline`
-    (claim key → held), so failures that training shows anyway are not blamed on the violation."""
-    claims = [o for o in outcomes if o.held is not None and o.expectation.basis in (THEOREM, BOUND)]
-    void = [o for o in outcomes if o.held is not None and o.expectation.basis == VOID]
-    wrong = sorted((o for o in claims if not o.held), key=_miss, reverse=True)
-    broken = sorted((o for o in void if not o.held), key=_miss, reverse=True)
-    new = [o for o in broken if baseline is None or baseline.get(_key(o.expectation), False)]
-    verdict = "no claim" if not claims else "held" if not wrong else "NOT held"
-    if not p.guarantee:
-        verdict += "; failure appeared" if new else "; no failure appeared"
-
-    def mean(quantity: str) -> float:
-        return float(np.mean([v for k, v in values.items() if k[0] == quantity] or [np.nan]))
-
+    """One table row: what was predicted, what was measured, and the verdict by the rule of
+    `identifiability.verdicts` (each claim held / not held / undecided on its seeds' 95 %
+    interval; the row is NOT held if any claim is, undecided if none is but some are undecided).
+    A void claim that is not held counts as the violation's failure only if it is held in
+    `baseline` (claim key → verdict), so failures that training shows anyway are not blamed on
+    the violation."""
+    seeds = results.seed.nunique()
+    claims = [d for d in decisions if d.expectation.basis in (THEOREM, BOUND)]
+    void = [d for d in decisions if d.expectation.basis == VOID]
+    wrong = sorted((d for d in claims if d.verdict == NOT_HELD), key=_miss, reverse=True)
+    unsure = sorted((d for d in claims if d.verdict == UNDECIDED), key=_miss)
+    broken = sorted((d for d in void if d.verdict == NOT_HELD), key=_miss, reverse=True)
+    new = [d for d in broken if baseline is None or baseline.get(_key(d.expectation)) == HELD]
+    if seeds < MIN_SEEDS:
+        verdict = f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
+    else:
+        verdict = (
+            "no claim" if not claims else "NOT held" if wrong else "undecided" if unsure else "held"
+        )
+        if not p.guarantee:
+            verdict += "; failure appeared" if new else "; no failure appeared"
+    counts = Counter(d.verdict for d in claims)
+    means = measured_values(results)
     preserve = " ".join(
-        f"{values[('preserve_r2', b, None)]:.2f}"
+        f"{means[('preserve_r2', b, None)]:.2f}"
         for b in range(len(p.block_dims))
-        if ("preserve_r2", b, None) in values
+        if ("preserve_r2", b, None) in means
     )
     return {
         "world": name,
         "change": WORLDS[name].change,
         "guarantee": "holds" if p.guarantee else "void: " + ", ".join(p.failed),
         "prediction": describe(p),
+        "seeds": seeds,
         "preserve_r2 z0..": preserve,
-        "nuisance_r2": round(mean("nuisance_r2"), 3),
-        "in_r2": round(mean("disentangle_in_r2"), 3),
-        "out_r2": round(mean("disentangle_out_r2"), 3),
-        "claims held": f"{len(claims) - len(wrong)}/{len(claims)}",
-        "void claims failing (held in baseline)": (
+        "nuisance_r2 (u, no claim)": _seed_interval(results, "nuisance_r2"),
+        "nuisance_v_r2": _seed_interval(results, "nuisance_v_r2"),
+        "in_r2": _seed_interval(results, "disentangle_in_r2"),
+        "out_r2": _seed_interval(results, "disentangle_out_r2"),
+        "claims held / not / undecided": (
+            f"{counts[HELD]} / {counts[NOT_HELD]} / {counts[UNDECIDED]} of {len(claims)}"
+        ),
+        "void claims not held (held in baseline)": (
             f"{len(broken)}/{len(void)} ({len(new)})" if void else ""
         ),
-        "worst failed claims": "; ".join(_claim(o) for o in (wrong or new or broken)[:3]),
+        "worst claims": "; ".join(claim_text(d) for d in (wrong or unsure or new or broken)[:3]),
         "verdict": verdict,
     }
 
 
-def _miss(o: Outcome) -> float:
-    return abs(o.value - o.expectation.bound)
+def _miss(d: Decision) -> float:
+    return abs(d.decided.mean - d.expectation.bound)
 
 
 def plot(margins: pd.DataFrame, verdicts: dict[str, str], path: Path) -> None:
@@ -267,25 +264,22 @@ def plot(margins: pd.DataFrame, verdicts: dict[str, str], path: Path) -> None:
 def compare(
     preds: dict[str, Prediction], results: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table with one row per world, every claim's signed margin for the figure)."""
-    outcomes = {
-        name: check_prediction(p, measured_values(results[results.world == name]))
+    """(table with one row per world, every claim's seed-mean signed margin for the figure)."""
+    decisions = {
+        name: decide_prediction(p, seed_values(results[results.world == name]))
         for name, p in preds.items()
     }
     baseline = (
-        {_key(o.expectation): bool(o.held) for o in outcomes["baseline"]}
-        if "baseline" in outcomes
+        {_key(d.expectation): d.verdict for d in decisions["baseline"]}
+        if "baseline" in decisions
         else None
     )
     rows, margins = [], []
     for name, p in preds.items():
-        values = measured_values(results[results.world == name])
-        rows.append(row_summary(name, p, outcomes[name], values, baseline))
-        for o in outcomes[name]:
-            if o.held is None:
-                continue
-            e = o.expectation
-            gap = o.value - e.bound if e.kind == "high" else e.bound - o.value
+        rows.append(row_summary(name, p, decisions[name], results[results.world == name], baseline))
+        for d in decisions[name]:
+            e = d.expectation
+            gap = d.decided.mean - e.bound if e.kind == "high" else e.bound - d.decided.mean
             margins.append({"world": name, "quantity": e.quantity, "basis": e.basis, "margin": gap})
     return pd.DataFrame(rows), pd.DataFrame(margins)
 
@@ -317,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(out / "table.md", markdown_table(table))
     plot(margins, dict(zip(table.world, table.verdict, strict=True)), out / "violations.png")
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
-        print(table.drop(columns=["prediction", "worst failed claims"]).to_string(index=False))
+        print(table.drop(columns=["prediction", "worst claims"]).to_string(index=False))
     print(f"table: {out / 'table.md'}")
 
 

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                 "n_eval": cfg.n_eval,
                 "fit_config": FitConfig(**cfg.settings(), objective=o, seed=cfg.seeds[0]),
             },
+            cpu_paths=cfg.cpu_paths,
         )
         for o in cfg.objectives
     ]

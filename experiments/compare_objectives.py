@@ -41,6 +41,7 @@ from smartclip.cli import require
 from smartclip.data import sentences
 from smartclip.eval import MIN_LATENT_IMAGES, EvalConfig, evaluate_weights
 from smartclip.export import EXPORT_WEIGHTS_NAME
+from smartclip.reproducible import CPU_PATHS
 from smartclip.train import run
 from smartclip.train_config import PRESETS as TRAIN_PRESETS
 from smartclip.train_config import TrainConfig
@@ -71,8 +72,13 @@ class CompareConfig:
     synthetic_steps: int = field(default=5_000, metadata={"help": "steps per synthetic run"})
     synthetic_n_eval: int = field(default=2000, metadata={"help": "synthetic held-out samples"})
     workers: int = field(default=2, metadata={"help": "parallel processes"})
+    cpu_paths: str = field(
+        default="avx2",
+        metadata={"help": f"CPU code paths of every run: {' or '.join(CPU_PATHS)} (see fit)"},
+    )
 
     def __post_init__(self) -> None:
+        require(self.cpu_paths in CPU_PATHS, "cpu_paths", f"one of {', '.join(CPU_PATHS)}")
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         require(not unknown, "objectives", f"unknown {unknown}; choose from {OBJECTIVES}")
         require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "seeds", "distinct")
@@ -183,6 +189,7 @@ def scene_jobs(
                 "train_settings": cfg.train_settings(name, seed, pretrained),
                 "evaluation": evaluation,
             },
+            cpu_paths=cfg.cpu_paths,
         )
         for name in names
         for seed in seeds
@@ -258,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             objectives=tuple(o for o in cfg.objectives if o in SYNTHETIC_OBJECTIVES),
             seeds=cfg.seeds,
             worlds=cfg.synthetic_worlds,
+            cpu_paths=cfg.cpu_paths,
         )
         synthetic = recovery_jobs(recovery)
     begin(

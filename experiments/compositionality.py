@@ -220,6 +220,7 @@ def jobs(cfg: CompositionalityConfig) -> list[Job]:
                         "n_eval": cfg.n_eval,
                     },
                     steps=cfg.steps,
+                    cpu_paths=cfg.cpu_paths,
                 )
             )
     return out

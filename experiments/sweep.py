@@ -14,8 +14,10 @@ all of them. Each job may log its training curves under `ctx.log_dir`
     world, objective, seed, quantity, block, subset, dim, value, run
 
 `begin(out, payload, jobs)` starts an output folder: it removes the derived files of an earlier
-invocation and writes `config.json` (the payload plus every job's run id), so `config.json`,
-`results.csv` and what is derived from it always describe the same runs.
+invocation and writes `config.json` (the payload, the machine, every job's run id), so
+`config.json`, `results.csv` and what is derived from it always describe the same runs. Workers
+compute on pinned CPU paths (`Job.cpu_paths`, `smartclip.reproducible`): by default the same
+numbers on any x86-64 machine with AVX2, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing as mp
 import queue
 import sys
@@ -34,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from scipy import stats
 from tqdm import tqdm
 
+from identifiability.verdicts import t_interval
+from smartclip import reproducible
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import flag_name, parse_config
 
@@ -56,10 +58,10 @@ def parse_experiment(
 
 
 def interval(values: pd.Series) -> str:
-    """mean ± half-width of the 95 % t-interval over seeds (± 0 for a single seed)."""
-    n = len(values)
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0
-    return f"{values.mean():.3f} ± {half:.3f}"
+    """mean ± half-width of the 95 % t-interval over seeds (± 0 for a single seed;
+    `identifiability.verdicts.t_interval`)."""
+    mean, half = t_interval(values.to_numpy())
+    return f"{mean:.3f} ± {half:.3f}"
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -116,11 +118,17 @@ class Job:
     fn: Callable[..., list[dict[str, Any]]]
     kwargs: dict[str, Any] = field(default_factory=dict)
     steps: int = 1
+    cpu_paths: str = "avx2"
 
     @property
     def config(self) -> dict[str, Any]:
-        """Everything that determines the job's result, as plain data."""
-        return {"fn": function_name(self.fn), "kwargs": json.loads(canonical(self.kwargs))}
+        """Everything that determines the job's result, as plain data: the function, its
+        arguments and the CPU paths it computes on (`smartclip.reproducible`)."""
+        return {
+            "fn": function_name(self.fn),
+            "kwargs": json.loads(canonical(self.kwargs)),
+            "cpu_paths": self.cpu_paths,
+        }
 
     @property
     def run_id(self) -> str:
@@ -130,6 +138,14 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.key}-{self.run_id}"
+
+
+def cpu_paths(jobs: Sequence[Job]) -> str:
+    """The one CPU paths setting of a sweep's jobs (its workers share one environment)."""
+    paths = {j.cpu_paths for j in jobs} or {"avx2"}
+    if len(paths) > 1:
+        raise ValueError(f"one sweep computes on one set of CPU paths, got {sorted(paths)}")
+    return paths.pop()
 
 
 def write_rows(
@@ -147,14 +163,25 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def begin(
-    out: Path, payload: dict[str, Any], jobs: Sequence[Job], derived: Sequence[str] = DERIVED
+    out: Path,
+    payload: dict[str, Any],
+    jobs: Sequence[Job],
+    derived: Sequence[str] = DERIVED,
 ) -> None:
     """Start (or resume) an output folder: remove `derived` files of an earlier invocation and
-    write `config.json` = payload + {"runs": {key: run_id}}."""
+    write `config.json` = payload + {"machine": the CPU, pins and library versions
+    (`smartclip.reproducible.machine`), "runs": {key: run_id}}."""
     out.mkdir(parents=True, exist_ok=True)
     for name in derived:
         (out / name).unlink(missing_ok=True)
-    write_json({**payload, "runs": {j.key: j.run_id for j in jobs}}, out / "config.json")
+    write_json(
+        {
+            **payload,
+            "machine": reproducible.machine(cpu_paths(jobs)),
+            "runs": {j.key: j.run_id for j in jobs},
+        },
+        out / "config.json",
+    )
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -197,6 +224,8 @@ def _init_worker() -> None:
 
 
 def _run_job(job: Job, progress_queue: Any, log_dir: Path) -> list[dict[str, Any]]:
+    """The job, once the CPU paths that the parent pinned are verified in this worker."""
+    reproducible.check(job.cpu_paths)
     ctx = RunContext(lambda n: progress_queue.put(n), log_dir)
     return job.fn(ctx, **job.kwargs)
 
@@ -210,7 +239,12 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run the jobs without a result for their configuration under `out/runs`, then return (and
     write to `out/results.csv`) the results of exactly these jobs, each row tagged with its
-    job's run id (`run`); `columns=None` for rows that are not long-format results."""
+    job's run id (`run`); `columns=None` for rows that are not long-format results.
+
+    The workers are spawned with the environment of the jobs' `cpu_paths`
+    (`smartclip.reproducible`; "avx2": the same numbers on any x86-64 machine with AVX2) and one
+    thread each, so a job's result depends neither on the machine's vector width nor on the
+    number of workers."""
     runs = out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     keys = [j.key for j in jobs]
@@ -221,12 +255,16 @@ def run_sweep(
         print(f"{desc}: {len(jobs) - len(todo)} of {len(jobs)} runs already done in {runs}")
     for job in todo:
         _report_changed(job, runs)
+    paths = cpu_paths(jobs)
     if todo:
+        reproducible.pin(paths)
         with mp.get_context("spawn").Manager() as manager:
             progress_queue = manager.Queue()
             bar = tqdm(total=sum(j.steps for j in todo), desc=desc, unit="step", smoothing=0.05)
             with ProcessPoolExecutor(
-                max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker
+                max_workers=workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
             ) as pool:
                 pending = {
                     pool.submit(_run_job, j, progress_queue, out / "logs" / j.name): j for j in todo
@@ -236,7 +274,10 @@ def run_sweep(
                     _drain(progress_queue, bar)
                     for future in done:
                         job = pending.pop(future)
-                        rows = [{**r, "run": job.run_id} for r in future.result()]
+                        try:
+                            rows = [{**r, "run": job.run_id} for r in future.result()]
+                        except reproducible.UnpinnedProcess as err:
+                            raise SystemExit(f"{job.key}: {err}") from None
                         write_rows(rows, runs / f"{job.name}.csv", columns)
                         write_json(job.config, runs / f"{job.name}.json")
                         bar.set_postfix_str(f"done {job.key}")

@@ -2,10 +2,15 @@
 
     python experiments/synthetic_recovery.py                  # quick preset: 1 world, 1 seed
     python experiments/synthetic_recovery.py --preset paper   # 4 worlds × 3 seeds, same settings
+    python experiments/synthetic_recovery.py --preset reference --out docs/results/reference
+                                                              # the run CI repeats bit for bit
 
 For every (world, objective, seed): fit a fresh model on fresh samples, then on held-out samples
   preserve_r2[_linear]   R²(z_k | u), u the unnormalised image embedding, per block k
-  nuisance_r2            R²(s_img | u) for the image-only nuisance (theory: → 0)
+  nuisance_r2            R²(s_img | u) for the image-only nuisance (reported, no claim: dims that
+                         no mask selects never meet the loss and may keep it)
+  nuisance_v_r2          R²(s_img | v), v the embedding the loss aligns with the caption (theory:
+                         → 0); SmartCLIP: per caption subset S below; CLIP: v = u/‖u‖
   mcc, mcc_spearman      mean matched |corr| between z and u
   reverse_r2             R²(u | z, s_img) (low values flag a collapsed or noisy embedding)
   input_r2               R²(z_k | x) from the raw image: what the regressor recovers without
@@ -15,11 +20,16 @@ and, for SmartCLIP, with captions fixed to each subset S in the support of p(m) 
   disentangle_in_r2      R²(z_k | v) for k ∈ S, v = u⊙m̂(t)/‖u⊙m̂(t)‖
   disentangle_out_r2     R²(z_k | v) for k ∉ S (theory: → 0)
   mask_on                P(m̂_d = 1 | block k described) − P(m̂_d = 1 | not), per block k, dim d
+  mask_dims              how many dims block k switches on (mask_on > 0.5): its share of the
+                         embedding (0: a starved mask, the block cannot be kept in v)
+  mask_shared_dims       how many of those another block switches on too
   block_r2               R²(z_j | u restricted to the dims block k switches on), per (j, k)
   final_loss, final_mask_on, final_mask_varying   means over the last 100 training steps
 Evaluation samples come from the stream (seed, "eval", i), training batches from
 (seed, "train", step): disjoint for any number of steps (`synthetic.seeding`).
-Writes OUT/results.csv (long format), OUT/config.json, OUT/summary.txt, PNG plots and each run's
+Writes OUT/results.csv (long format), OUT/config.json, OUT/summary.md (the headline quantities
+with their 95 % intervals over seeds, and the theory's claims (`predict`) decided on the seeds by
+the rule of `identifiability.verdicts`; one seed: no verdict), PNG plots and each run's
 training curves with the mask's health (OUT/logs/<run>/train.csv, TensorBoard); resumes an
 interrupted OUT, and reruns what a changed flag affects (`sweep`).
 """
@@ -27,19 +37,32 @@ interrupted OUT, and reruns what a changed flag affects (`sweep`).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from claims import claim_text, seed_values
 
+from identifiability.conditions import decide_prediction, predict
 from identifiability.metrics import mcc, r2, r2_scores
+from identifiability.verdicts import HELD, MIN_SEEDS, NOT_HELD, UNDECIDED
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings, fit, held_out_batch
 from smartclip.losses import OBJECTIVES
-from sweep import Job, RunContext, begin, plot_grouped_bars, plot_heatmap, run_sweep
+from sweep import (
+    Job,
+    RunContext,
+    begin,
+    interval,
+    markdown_table,
+    plot_grouped_bars,
+    plot_heatmap,
+    run_sweep,
+)
 from synthetic.worlds import World, WorldConfig
 
 NAMED_WORLDS: dict[str, dict] = {
@@ -124,6 +147,9 @@ class RecoveryConfig(TrainSettings):
 PRESETS: dict[str, dict] = {
     "quick": {},
     "paper": {"seeds": (0, 1, 2), "worlds": ("custom", *NAMED_WORLDS)},
+    # the run committed under docs/results/reference/ that tests/experiments/test_reference.py
+    # repeats bit for bit: both objectives, 300 steps, the quick world
+    "reference": {"steps": 300, "warmup": 30, "n_eval": 500, "max_subsets": 2},
 }
 
 
@@ -137,14 +163,16 @@ def block_targets(world: WorldConfig, z: torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict[str, np.ndarray]:
-    """u (image embedding), and for models with a mask network m̂(t) and v = u⊙m̂/‖u⊙m̂‖."""
+    """u (image embedding) and v = u⊙m̂/‖u⊙m̂‖, the embedding the loss aligns with the caption;
+    for models with a mask network also m̂(t), for the others m̂ ≡ 1 (v = u/‖u‖)."""
     with torch.no_grad():
         u = model.encode_image(x)
         out = {"u": u.numpy()}
+        m = torch.ones_like(u)
         if model.masknet is not None:
             m = model.masknet(model.encode_text(t)[1])
             out["m"] = m.numpy()
-            out["v"] = torch.nn.functional.normalize(u * m, dim=-1).numpy()
+        out["v"] = torch.nn.functional.normalize(u * m, dim=-1).numpy()
     return out
 
 
@@ -190,25 +218,38 @@ def measure(
         row("mcc_spearman", mcc(z, u, "spearman"), "all")
     row("reverse_r2", r2(np.concatenate([z, batch.s_img.numpy()], 1), u), "all")
     if "m" not in emb:
+        if c.img_nuisance_dim:
+            value = r2_scores(emb["v"], {"s_img": batch.s_img.numpy()})["s_img"]
+            row("nuisance_v_r2", value, "s_img")
         return rows
 
     m, present = emb["m"], batch.m.numpy().astype(bool)
+    switched: dict[str, np.ndarray] = {}
     for k, name in enumerate(names):
         if present[:, k].all() or not present[:, k].any():
             continue  # presence never varies: no contrast to measure
         on = m[present[:, k]].mean(0) - m[~present[:, k]].mean(0)
         for d, value in enumerate(on):
             row("mask_on", value, name, dim=d)
-        dims = np.flatnonzero(on > 0.5)
+        switched[name] = on > 0.5
+        dims = np.flatnonzero(switched[name])
         if len(dims):
             for target, value in r2_scores(u[:, dims], blocks).items():
                 row("block_r2", value, target, subset=f"dims({name})")
+    for name, own in switched.items():
+        others = [v for n, v in switched.items() if n != name]
+        shared = own & np.any(others, axis=0) if others else np.zeros_like(own)
+        row("mask_dims", own.sum(), name)
+        row("mask_shared_dims", shared.sum(), name)
 
     for i, subset in enumerate(c.support()[:max_subsets]):
         fixed = held_out_batch(world, n_eval, seed, 1 + i, mask=subset)
         v = embed(model, fixed.x, fixed.t)["v"]
         label = "+".join(names[k] for k in subset)
         targets = block_targets(c, fixed.z)
+        if c.img_nuisance_dim:
+            value = r2_scores(v, {"s_img": fixed.s_img.numpy()})["s_img"]
+            row("nuisance_v_r2", value, "s_img", subset=label)
         for quantity, chosen in (
             ("disentangle_in_r2", [n for k, n in enumerate(names) if k in subset]),
             ("disentangle_out_r2", [n for k, n in enumerate(names) if k not in subset]),
@@ -267,6 +308,7 @@ def jobs(cfg: RecoveryConfig) -> list[Job]:
                             "max_subsets": cfg.max_subsets,
                         },
                         steps=cfg.steps,
+                        cpu_paths=cfg.cpu_paths,
                     )
                 )
     return out
@@ -280,13 +322,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(RecoveryConfig, argv, PRESETS, description=__doc__.split("\n")[0])
     out = Path(cfg.out)
     todo = jobs(cfg)
-    begin(out, {"config": cfg, "worlds": {w: cfg.world_config(w, 0) for w in cfg.worlds}}, todo)
+    payload = {"config": cfg, "worlds": {w: cfg.world_config(w, 0) for w in cfg.worlds}}
+    begin(out, payload, todo, ("results.csv", "summary.md"))
     results = run_sweep(todo, out, cfg.workers, desc="synthetic_recovery")
     plot(results, out)
-    table = summary_table(results)
-    atomic_write_text(out / "summary.txt", table + "\n")
-    print(table)
-    print(f"results: {out / 'results.csv'}")
+    atomic_write_text(out / "summary.md", summary_markdown(cfg, results))
+    with pd.option_context("display.width", 250, "display.max_colwidth", 40):
+        print(summary_table(results).to_string())
+        print(claims_table(cfg, results).drop(columns="claims not held or undecided").to_string())
+    print(f"summary: {out / 'summary.md'}; results: {out / 'results.csv'}")
 
 
 def plot(results: pd.DataFrame, out: Path) -> None:
@@ -350,21 +394,26 @@ def plot_mask_health(results: pd.DataFrame, out: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def summary_table(results: pd.DataFrame) -> str:
-    """Mean (min-max over seeds) of the headline quantities, per world and objective; each
-    quantity is first averaged over blocks and subsets within a seed, except `worst_preserve_r2`,
-    the lowest block's preserve_r2 (the acceptance bar is per block)."""
-    keep = [
-        "input_r2",
-        "preserve_r2",
-        "worst_preserve_r2",
-        "preserve_r2_linear",
-        "nuisance_r2",
-        "mcc",
-        "disentangle_in_r2",
-        "disentangle_out_r2",
-    ]
-    r = results[results.quantity.isin(keep)]
+HEADLINE = (
+    "input_r2",
+    "preserve_r2",
+    "worst_preserve_r2",
+    "preserve_r2_linear",
+    "nuisance_r2",
+    "nuisance_v_r2",
+    "mcc",
+    "disentangle_in_r2",
+    "disentangle_out_r2",
+    "mask_dims",
+)
+
+
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± half-width of the 95 % interval over seeds (`sweep.interval`; ± 0 for one seed)
+    of the headline quantities, per world and objective; each quantity is first averaged over
+    blocks and subsets within a seed, except `worst_preserve_r2`, the lowest block's preserve_r2
+    (the claim is per block)."""
+    r = results[results.quantity.isin(HEADLINE)]
     keys = ["world", "objective", "quantity", "seed"]
     per_seed = pd.concat(
         [
@@ -375,12 +424,60 @@ def summary_table(results: pd.DataFrame) -> str:
             .value.min(),
         ]
     )
-    stats = per_seed.groupby(["world", "objective", "quantity"]).agg(["mean", "min", "max"])
-    table = stats.apply(lambda s: f"{s['mean']:.3f} ({s['min']:.2f}-{s['max']:.2f})", axis=1)
+    table = per_seed.groupby(["world", "objective", "quantity"], sort=False).agg(interval)
+    columns = [q for q in HEADLINE if q in per_seed.index.get_level_values("quantity")]
+    table = table.unstack("quantity").reindex(columns=columns)
+    seeds = results.groupby(["world", "objective"], sort=False).seed.nunique()
+    return table.assign(seeds=seeds)[["seeds", *columns]]
+
+
+def claims_table(cfg: RecoveryConfig, results: pd.DataFrame) -> pd.DataFrame:
+    """The theory's claims for every world and objective (`identifiability.conditions.predict`,
+    from the world and the training settings, made before looking at the results), decided on
+    the seeds by the rule of `identifiability.verdicts`: counts of held / not held / undecided,
+    the claims that decide the verdict, and the verdict (fewer than 3 seeds: none)."""
+    rows = []
+    for (world, objective), r in results.groupby(["world", "objective"], sort=False):
+        world_config = cfg.world_config(world, int(r.seed.min()))
+        prediction = predict(
+            world_config,
+            objective,
+            embed_dim=cfg.embed_dim,
+            sparsity_weight=cfg.loss_weights[2],
+            n_samples=cfg.steps * cfg.batch_size,
+            subsets=world_config.support()[: cfg.max_subsets],
+        )
+        decisions = decide_prediction(prediction, seed_values(r))
+        counts = Counter(d.verdict for d in decisions)
+        wrong = [d for d in decisions if d.verdict in (NOT_HELD, UNDECIDED)]
+        seeds = r.seed.nunique()
+        if seeds < MIN_SEEDS:
+            verdict = f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
+        else:
+            verdict = "NOT held" if counts[NOT_HELD] else "undecided" if wrong else "held"
+        rows.append(
+            {
+                "world": world,
+                "objective": objective,
+                "guarantee": "holds" if prediction.guarantee else "void",
+                "claims held / not / undecided": (
+                    f"{counts[HELD]} / {counts[NOT_HELD]} / {counts[UNDECIDED]} of {len(decisions)}"
+                ),
+                "claims not held or undecided": "; ".join(claim_text(d) for d in wrong[:4]),
+                "verdict": verdict,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(cfg: RecoveryConfig, results: pd.DataFrame) -> str:
+    """summary.md: the headline table and the claims table."""
     return (
-        table.unstack("quantity")
-        .reindex(columns=[q for q in keep if q in per_seed.index.get_level_values("quantity")])
-        .to_string()
+        "Headline quantities: mean ± half-width of the 95 % interval over seeds.\n\n"
+        + markdown_table(summary_table(results))
+        + "\nThe theory's claims, decided on the seeds (held / not held / undecided by the 95 % "
+        "interval of the seed mean; fewer than 3 seeds: no verdict).\n\n"
+        + markdown_table(claims_table(cfg, results))
     )
 
 

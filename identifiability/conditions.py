@@ -24,6 +24,7 @@ import sympy as sp
 import torch
 from torch.func import jacrev, vmap
 
+from identifiability.verdicts import Decided
 from synthetic.mixing import InvertibleMLP
 from synthetic.seeding import stream
 from synthetic.worlds import World, WorldConfig
@@ -544,11 +545,16 @@ def predict(
     """Expected outcome per quantity of `experiments/synthetic_recovery.py`, before training.
 
     SmartCLIP (P1-P3): preserve_r2 ≥ high for every described block, ≤ low + floor for dropped
-    ones (floor = R² through latent correlation; no claim if floor + low ≥ 1); nuisance_r2 ≤ low;
-    for each evaluated subset S (default: the support) disentangle_in_r2 ≥ high for blocks of
-    atoms inside S and disentangle_out_r2 ≤ low + R²(z_b | z_S) for the others; no claim where S
-    cuts an atom; block_r2(z_j | dims of block k) high iff j shares k's atom. CLIP (P4):
-    preserve_r2 high for shared blocks, "degraded" (< high) conjectured for the other described.
+    ones (floor = R² through latent correlation; no claim if floor + low ≥ 1); nuisance_v_r2 ≤ low
+    for each evaluated subset S, on v = u⊙m̂(t)/‖u⊙m̂(t)‖ with captions of S: at the optimum the
+    alignment term makes v a function of the caption, t = g_T(z_S, m, s_T), and s_I is independent
+    of (z, m, s_T), so R²(s_I | v) = 0. No claim on u (`nuisance_r2` is reported only): a
+    dimension that no caption's mask selects never meets the loss and may keep s_I. For CLIP the
+    same argument holds for v = u/‖u‖ (subset None). For each evaluated subset S (default: the
+    support) disentangle_in_r2 ≥ high for blocks of atoms inside S and disentangle_out_r2 ≤
+    low + R²(z_b | z_S) for the others; no claim where S cuts an atom; block_r2(z_j | dims of
+    block k) high iff j shares k's atom. CLIP (P4): preserve_r2 high for shared blocks,
+    "degraded" (< high) conjectured for the other described.
     If an assumption fails the claims become "void"; information bounds replace them where they
     bite: R² ≤ `information_ceiling` + slack (non-invertible g_I, noise) for what is computed from
     x alone (preserve_r2, block_r2; not disentangle_*, whose m̂(t) also reads the caption) and the
@@ -564,6 +570,7 @@ def predict(
         if not (flags["invertible"].holds and flags["noiseless"].holds)
         else None
     )
+    evaluated = c.support() if subsets is None else [tuple(sorted(s)) for s in subsets]
     out: list[Expectation] = []
 
     def kept(
@@ -608,7 +615,9 @@ def predict(
         else:
             out.append(lost("preserve_r2", b, None, keep, "never described: dropped"))
     if c.img_nuisance_dim:
-        out.append(Expectation("nuisance_r2", (), None, "low", low, basis, "image-only nuisance"))
+        why = "image-only nuisance: v is aligned with a caption that does not carry it"
+        for s in evaluated if objective == "smartclip" else [None]:
+            out.append(Expectation("nuisance_v_r2", (), s, "low", low, basis, why))
     if not flags["width"].holds and keep:
         dims = sum(c.block_dims[b] for b in keep)
         out.append(
@@ -623,7 +632,6 @@ def predict(
             )
         )
     if objective == "smartclip":
-        evaluated = c.support() if subsets is None else [tuple(sorted(s)) for s in subsets]
         for s in evaluated:
             s = tuple(s)
             inside = tuple(b for a in algebra.atoms_within(s) for b in a)
@@ -665,9 +673,10 @@ class Outcome:
     held: bool | None
 
 
-def check_prediction(
-    prediction: Prediction, values: Mapping[tuple[str, int | None, Subset | None], float]
-) -> list[Outcome]:
+Values = Mapping[tuple[str, int | None, Subset | None], float]
+
+
+def check_prediction(prediction: Prediction, values: Values) -> list[Outcome]:
     """Compare with measured values keyed (quantity, block, subset); block None for the nuisance.
     Several blocks: their dim-weighted mean. Expectations without a measured value are skipped."""
     outcomes = []
@@ -679,3 +688,31 @@ def check_prediction(
         value = float(np.average([values[k] for k in keys], weights=weights))
         outcomes.append(Outcome(e, value, e.holds(value)))
     return outcomes
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An expectation decided on seeds by the rule of `identifiability.verdicts`."""
+
+    expectation: Expectation
+    decided: Decided
+
+    @property
+    def verdict(self) -> str:
+        return self.decided.verdict
+
+
+def decide_prediction(prediction: Prediction, per_seed: Sequence[Values]) -> list[Decision]:
+    """`check_prediction` on every seed's values, then each claim (kinds high, low, degraded)
+    decided on its per-seed values: held, not held or undecided by the 95 % interval of the seed
+    mean, no verdict below `verdicts.MIN_SEEDS` seeds. Claims measured in only some seeds are
+    skipped (their seeds would not be comparable)."""
+    outcomes = [check_prediction(prediction, values) for values in per_seed]
+    decisions = []
+    for e in prediction.expectations:
+        if e.kind == "none":
+            continue
+        values = [o.value for seed in outcomes for o in seed if o.expectation is e]
+        if values and len(values) == len(per_seed):
+            decisions.append(Decision(e, Decided(e.kind, e.bound, tuple(values))))
+    return decisions

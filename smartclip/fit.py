@@ -22,6 +22,7 @@ from smartclip.encoders import TEXT_ENCODERS, SyntheticCLIP
 from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, build_objective
 from smartclip.masknet import CollapseWatch
 from smartclip.optim import cosine_lr
+from smartclip.reproducible import CPU_PATHS, check
 from smartclip.runlog import RunLog
 from synthetic.seeding import seed_for, stream
 from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld
@@ -67,6 +68,14 @@ class TrainSettings:
             "as the release)"
         },
     )
+    cpu_paths: str = field(
+        default="avx2",
+        metadata={
+            "help": "CPU code paths of the computing processes: avx2 (the same numbers on any "
+            "x86-64 machine with AVX2, set before torch loads) or native (this CPU's own, not "
+            "portable); see smartclip.reproducible"
+        },
+    )
 
     def __post_init__(self) -> None:
         positive = (
@@ -92,6 +101,7 @@ class TrainSettings:
             not unknown, "hard_negatives", f"unknown {sorted(unknown)}; choose from {OPERATORS}"
         )
         require(self.negative_k >= 1, "negative_k", "must be at least 1")
+        require(self.cpu_paths in CPU_PATHS, "cpu_paths", f"choose one of {', '.join(CPU_PATHS)}")
         clip = self.grad_clip_norm
         require(
             clip is None or (math.isfinite(clip) and clip > 0),
@@ -186,7 +196,9 @@ def fit(
     With `log_dir`, every `cfg.log_every` steps the loss terms, the learning rate, the gradient
     norm before clipping (`grad_norm`, `clip_gradients`) and the mask's health
     (`losses.mask_health`) go to `log_dir/train.csv` and TensorBoard, and a warning is logged
-    when the mask stops depending on the caption (`masknet.CollapseWatch`)."""
+    when the mask stops depending on the caption (`masknet.CollapseWatch`). Refuses to start in
+    a process that does not compute on `cfg.cpu_paths` (`smartclip.reproducible.check`)."""
+    check(cfg.cpu_paths)
     model = build_model(world, cfg)
     objective = build_objective(
         cfg.objective,

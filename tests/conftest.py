@@ -1,11 +1,17 @@
-"""Test-session settings: one BLAS/OpenMP thread per test process (pytest-xdist runs one process
-per core; nested thread pools oversubscribe the cores and slow kernel ridge fits tens of times)."""
+"""Test-session settings: the reproducible CPU paths, pinned before torch and numpy load (the
+synthetic fits refuse to run without them: `smartclip.reproducible`), and one BLAS/OpenMP thread
+per test process (pytest-xdist runs one process per core; nested thread pools oversubscribe the
+cores and slow kernel ridge fits tens of times)."""
 
-from collections.abc import Callable, Sequence
+from smartclip.reproducible import pin
 
-import pytest
-import torch
-from threadpoolctl import threadpool_limits
+pin("avx2")
+
+from collections.abc import Callable, Sequence  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 torch.set_num_threads(1)
 threadpool_limits(1)

@@ -84,3 +84,12 @@ def test_a_job_keys_the_same_whether_its_script_runs_directly_or_is_imported(mon
     monkeypatch.setattr(sweep.sys.modules["__main__"], "__file__", __file__, raising=False)
     assert sweep.function_name(fit) == f"test_sweep.{fit.__qualname__}"
     assert sweep.Job("k", fit, {"seed": 0}).run_id == imported
+
+
+def test_the_cpu_paths_key_a_job_and_one_sweep_has_one_set(tmp_path):
+    """A result belongs to the code paths it was computed on: another setting is another run,
+    and the workers of one sweep share one environment, so mixed settings are refused."""
+    pinned, native = sweep.Job("k", fit_a, {"s": 0}), sweep.Job("k", fit_a, {"s": 0}, 1, "native")
+    assert pinned.cpu_paths == "avx2" and pinned.run_id != native.run_id
+    with pytest.raises(ValueError, match="one set of CPU paths"):
+        sweep.run_sweep([pinned, sweep.Job("j", fit_a, {}, 1, "native")], tmp_path)

@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 import synthetic_recovery
 import torch
+from claims import measured_values
 
 import sweep
+from identifiability.conditions import check_prediction, predict
 from smartclip.cli import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +122,7 @@ def test_sweep_writes_outputs_and_resumes_without_redoing_runs(tmp_path, capsys)
         results.columns
     )
     assert set(results.objective) == {"smartclip", "clip"} and set(results.seed) == {0, 1}
-    for name in ("config.json", "preserve.png", "disentangle.png", "summary.txt"):
+    for name in ("config.json", "preserve.png", "disentangle.png", "summary.md"):
         assert (out / name).exists(), name
     # a sweep killed before one run finished: only that run is redone
     runs = out / "runs"
@@ -142,7 +144,7 @@ def test_sweep_writes_outputs_and_resumes_without_redoing_runs(tmp_path, capsys)
 def test_a_changed_flag_runs_anew_and_outputs_describe_the_same_runs(tmp_path, capsys):
     """Resume is keyed by the full configuration: rerunning into the same --out with another
     logit scale trains again (it once reused the old run and relabelled it), and config.json,
-    results.csv and summary.txt all describe the new runs."""
+    results.csv and summary.md all describe the new runs."""
     out = tmp_path / "out"
     base = [*TINY, "--out", str(out), "--objectives", "smartclip"]
     synthetic_recovery.main([*base, "--logit-scale", "30"])
@@ -161,8 +163,10 @@ def test_a_changed_flag_runs_anew_and_outputs_describe_the_same_runs(tmp_path, c
     )
     assert run_config["kwargs"]["fit_config"]["logit_scale"] == 100.0
     assert not second.value.equals(first.value)
-    summary = (out / "summary.txt").read_text()
-    assert summary == synthetic_recovery.summary_table(second) + "\n"
+    summary = (out / "summary.md").read_text()
+    cfg = parse_config(synthetic_recovery.RecoveryConfig, [*base, "--logit-scale", "100"])
+    assert summary == synthetic_recovery.summary_markdown(cfg, second)
+    assert "1 seed: no verdict" in summary  # one seed decides no claim
     # the first setting again: its stored run is found, nothing retrains
     capsys.readouterr()
     synthetic_recovery.main([*base, "--logit-scale", "30"])
@@ -171,23 +175,27 @@ def test_a_changed_flag_runs_anew_and_outputs_describe_the_same_runs(tmp_path, c
 
 
 class OracleModel(torch.nn.Module):
-    """An encoder built from the world's own inverses: u = (z, 1), the exact latents plus a
-    constant dimension (the normalised masked embedding needs one beyond the block, see the
-    README); the mask network reads which blocks the caption describes (inverting g_T) and keeps
-    their dims and the constant one. With `shift` the mask of block k keeps block k − shift's
-    dims instead: a wrong mask."""
+    """An encoder built from the world's own inverses: u = (z, s_I, 1), the exact latents, the
+    image nuisance and a constant dimension (the normalised masked embedding needs one beyond the
+    block, see the README); the mask network reads which blocks the caption describes (inverting
+    g_T) and keeps their dims and the constant one, and the nuisance's dims only with
+    `nuisance_in_mask`. With `shift` the mask of block k keeps block k − shift's dims instead: a
+    wrong mask."""
 
-    def __init__(self, world: synthetic_recovery.World, shift: int = 0) -> None:
+    def __init__(
+        self, world: synthetic_recovery.World, shift: int = 0, nuisance_in_mask: bool = False
+    ) -> None:
         super().__init__()
         self.world, self.shift = world, shift
         c = world.config
-        self.dims = torch.zeros(c.n_blocks, c.latent_dim + 1)
+        self.dims = torch.zeros(c.n_blocks, c.latent_dim + c.img_nuisance_dim + 1)
         for k, s in enumerate(c.block_slices):
             self.dims[(k + shift) % c.n_blocks, s] = 1.0
+        self.dims[:, c.latent_dim : c.latent_dim + c.img_nuisance_dim] = float(nuisance_in_mask)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.world.g_img.inverse(x.double())[:, : self.world.config.latent_dim].float()
-        return torch.cat([z, torch.ones(len(z), 1)], dim=1)
+        latents = self.world.g_img.inverse(x.double()).float()
+        return torch.cat([latents, torch.ones(len(latents), 1)], dim=1)
 
     def encode_text(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.world.config
@@ -218,7 +226,8 @@ def test_measure_on_an_exact_inverse_encoder_and_on_a_wrong_mask():
 
     assert values(good, "preserve_r2").min() > 0.98
     assert values(good, "preserve_r2_linear").min() > 0.98
-    assert values(good, "nuisance_r2").max() < 0.05
+    assert values(good, "nuisance_r2").min() > 0.95  # u keeps s_I in dims no mask selects
+    assert values(good, "nuisance_v_r2").max() < 0.05  # the masked v drops it
     assert values(good, "mcc").item() > 0.95
     assert values(good, "disentangle_in_r2").min() > 0.85
     assert values(good, "disentangle_out_r2").max() < 0.05
@@ -226,11 +235,47 @@ def test_measure_on_an_exact_inverse_encoder_and_on_a_wrong_mask():
     dims = OracleModel(world).dims
     own = on.apply(lambda r: bool(dims[int(r.block[1:]), int(r.dim)] == 1), axis=1)
     assert (on[own].value == 1).all() and (on[~own].value.abs() < 0.2).all()
+    share = good[good.quantity.isin(["mask_dims", "mask_shared_dims"])]
+    assert (share[share.quantity == "mask_dims"].value == 2).all()  # block_dim 2, none shared
+    assert (share[share.quantity == "mask_shared_dims"].value == 0).all()
     block = good[good.quantity == "block_r2"]
     diagonal = block.block == block.subset.str.slice(5, -1)
     assert block[diagonal].value.min() > 0.95 and block[~diagonal].value.max() < 0.05
 
-    alone = bad[bad.subset.isin(["z0", "z1", "z2", "z3"])]  # one block per caption
+    alone = bad[bad.subset.isin(["z0", "z1", "z2", "z3"]) & (bad.block != "s_img")]
     assert values(alone, "disentangle_in_r2").max() < 0.1  # the block is not in its mask
     shifted = alone[alone.apply(lambda r: int(r.block[1:]) == (int(r.subset[1:]) - 1) % 4, axis=1)]
     assert len(shifted) == 4 and values(shifted, "disentangle_out_r2").min() > 0.9
+
+
+@pytest.mark.slow
+def test_the_nuisance_claim_is_on_the_masked_embedding():
+    """P1's "drops s_I" is predicted for v: an encoder that keeps s_I in dimensions no mask
+    selects passes it (though u holds s_I), one whose masks select s_I's dimensions fails it."""
+    world = synthetic_recovery.World(synthetic_recovery.RecoveryConfig().world_config("custom", 0))
+    prediction = predict(world, "smartclip", subsets=world.config.support()[:4])
+
+    def nuisance_claims(model) -> list[bool | None]:
+        frame = frame_of(synthetic_recovery.measure(world, model, 400, 4, seed=0))
+        outcomes = check_prediction(prediction, measured_values(frame.assign(seed=0)))
+        return [o.held for o in outcomes if o.expectation.quantity == "nuisance_v_r2"]
+
+    assert not any(e.quantity == "nuisance_r2" for e in prediction.expectations)
+    kept_aside = nuisance_claims(OracleModel(world))
+    masked = nuisance_claims(OracleModel(world, nuisance_in_mask=True))
+    assert len(kept_aside) == len(masked) == 4
+    assert all(kept_aside) and not any(masked)
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_give_bitwise_the_same_results(tmp_path):
+    """Each job computes in its own single-threaded worker on the pinned CPU paths, so the
+    number of workers changes nothing, to the last bit; config.json records the machine."""
+    args = [*TINY, "--seeds", "0,1", "--objectives", "smartclip", "--steps", "40"]
+    synthetic_recovery.main([*args, "--out", str(tmp_path / "one")])
+    synthetic_recovery.main([*args, "--out", str(tmp_path / "two"), "--workers", "2"])
+    one, two = ((tmp_path / d / "results.csv").read_bytes() for d in ("one", "two"))
+    assert one == two
+    machine = json.loads((tmp_path / "two" / "config.json").read_text())["machine"]
+    assert machine["cpu_paths"] == "avx2" and machine["pinned"]["MKL_CBWR"] == "AVX2"
+    assert torch.__version__.startswith(machine["versions"]["torch"])
