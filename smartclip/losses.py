@@ -13,6 +13,8 @@ image→text direction as extra columns (they describe no image, so text→image
 Long-caption objectives: `LongCLIPLoss` (fine-grained long captions plus a coarse match of the
 short caption with a PCA-reduced image embedding) and `MulCLIPLoss` (global, token-reconstruction
 and sub-caption patch alignment) read the further `Features` fields their `consumes` names.
+What an objective computes on each rank's own rows before they are gathered (Long-CLIP's
+per-rank PCA, as released) is `before_gather`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from smartclip.calibration import (
+    row_mean,
+    subcaption_patch_similarity,
+    token_reconstruction_loss,
+)
+
 SPARSITY_FORMS = ("abs", "mean")
+PCA_SCOPES = ("rank", "global")
 
 
 @dataclass
@@ -40,8 +49,9 @@ class Features:
     first sentence); patches: [b, P, D] the image's patch tokens in the joint space; tokens:
     [b, L, D] the caption's token features in the joint space; token_mask: [b, L] True for real
     (non-padding) tokens; subs: [b, S, D] normalised embeddings of the caption's sentences,
-    padded; sub_mask: [b, S] True for real sentences. Masks may be boolean or 0/1 floats
-    (a float copy, e.g. for an fp32 loss, keeps its meaning: nonzero is real)."""
+    padded; sub_mask: [b, S] True for real sentences; u_coarse: [b, D] Long-CLIP's coarse image
+    features of these rows, set by `before_gather`. Masks may be boolean or 0/1 floats (a float
+    copy, e.g. for an fp32 loss, keeps its meaning: nonzero is real)."""
 
     u: torch.Tensor
     t: torch.Tensor
@@ -54,6 +64,7 @@ class Features:
     token_mask: torch.Tensor | None = None
     subs: torch.Tensor | None = None
     sub_mask: torch.Tensor | None = None
+    u_coarse: torch.Tensor | None = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Features:
         """The same features with `fn` applied to every tensor that is present."""
@@ -238,14 +249,20 @@ class LongCLIPLoss:
 
     L_fine = ½ [CE_ε(s·ûₙ tᵀ) + CE_ε(s·t ûₙᵀ)]: CLIP's symmetric InfoNCE between the
     L2-normalised image embedding û and the long caption t.
-    L_coarse = ½ [CE_ε(s·PCA_k(Û) t_shortᵀ) + CE_ε(s·t_short PCA_k(Û)ᵀ)]: the same between the
-    image embeddings reduced to their top k = `pca_components` principal components
-    (`pca_reconstruct`, not re-normalised, as in the release) and the short caption.
+    L_coarse = ½ [CE_ε(s·C t_shortᵀ) + CE_ε(s·t_short Cᵀ)]: the same between the short caption
+    and the coarse image features C = PCA_k(Û) (`pca_reconstruct` of the normalised embeddings,
+    not re-normalised, as released).
 
-    PCA_k is taken over the GLOBAL batch Û (all ranks' normalised image embeddings, gathered with
-    gradients), so each rank's rows are rows of one global loss and the DDP contract holds. The
-    release computes it on each GPU's own rows before gathering, which makes its loss depend on
-    how the batch is split across GPUs. Defaults are the release's: w = (1, 1), k = 32, ε = 0.1.
+    `pca_scope` "rank" (the release, `model/model_longclip.py`: `self.PCA(image_features_long,
+    32)` before `all_gather`): PCA_k over the rows of each call of `before_gather`, which the
+    trainer makes on every micro-batch a rank embeds, before gathering (one GPU's 128 rows in the
+    release, which has no accumulation); the gathered C stacks the groups, so the loss depends
+    on how the batch is split. One process without `before_gather`: the batch is one group.
+    "global": PCA_k over the gathered batch, so each rank's rows are rows of one global loss.
+    k = `pca_components`, or if None max(1, round(`pca_share` · D)): the release keeps 32 of
+    ViT-B/16's 512 dimensions (and of ViT-L/14's 768), the default share 1/16, so a 16-dim
+    synthetic embedding keeps 1 (32 would keep all, making L_coarse a second L_fine).
+    Defaults are the release's: w = (1, 1), ε = 0.1, per-rank PCA.
     """
 
     consumes: ClassVar[frozenset[str]] = frozenset({"u", "t", "t_short"})
@@ -254,15 +271,40 @@ class LongCLIPLoss:
         self,
         fine_weight: float = 1.0,
         coarse_weight: float = 1.0,
-        pca_components: int = 32,
+        pca_components: int | None = None,
+        pca_share: float = 1 / 16,
+        pca_scope: str = "rank",
         label_smoothing: float = 0.1,
     ) -> None:
-        if pca_components < 1:
-            raise ValueError(f"pca_components must be at least 1, got {pca_components}")
+        if pca_components is not None and pca_components < 1:
+            raise ValueError(f"pca_components must be at least 1 (or None), got {pca_components}")
+        if not 0.0 < pca_share <= 1.0:
+            raise ValueError(f"pca_share must lie in (0, 1], got {pca_share}")
+        if pca_scope not in PCA_SCOPES:
+            raise ValueError(f"pca_scope must be one of {PCA_SCOPES}, got {pca_scope!r}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
         self.fine_weight, self.coarse_weight = fine_weight, coarse_weight
-        self.pca_components, self.label_smoothing = pca_components, label_smoothing
+        self.pca_components, self.pca_share, self.pca_scope = pca_components, pca_share, pca_scope
+        self.label_smoothing = label_smoothing
+
+    def components(self, dim: int) -> int:
+        """k, the principal components kept of a `dim`-dimensional embedding."""
+        if self.pca_components is not None:
+            return self.pca_components
+        return max(1, round(self.pca_share * dim))
+
+    def coarse(self, u: torch.Tensor) -> torch.Tensor:
+        """C = PCA_k of the L2-normalised rows of u [n, D], over exactly these n rows, in fp32 or
+        wider (the release casts to fp32 for its SVD, which has no half-precision kernel)."""
+        u = F.normalize(u.to(torch.promote_types(u.dtype, torch.float32)), dim=-1)
+        return pca_reconstruct(u, self.components(u.shape[-1]))
+
+    def before_gather(self, local: Features) -> Features:
+        """This group's rows with `u_coarse` = `coarse(u)` (per-rank PCA); unchanged if global."""
+        return (
+            local if self.pca_scope == "global" else replace(local, u_coarse=self.coarse(local.u))
+        )
 
     def __call__(
         self,
@@ -276,86 +318,31 @@ class LongCLIPLoss:
         target, eps = _targets(local, offset), self.label_smoothing
         u_n, u_g = F.normalize(local.u, dim=-1), F.normalize(glob.u, dim=-1)
         fine = sum(info_nce(u_n, local.t, u_g, glob.t, logit_scale, target, eps)) / 2
-        coarse_all = pca_reconstruct(u_g, self.pca_components)
-        coarse_local = coarse_all[offset : offset + local.u.shape[0]]
+        if self.pca_scope == "global":
+            coarse_all = self.coarse(glob.u)
+            coarse_local = coarse_all[offset : offset + local.u.shape[0]]
+        elif gathered is None:  # one process: the groups before_gather made, or the batch
+            coarse_local = coarse_all = (
+                local.u_coarse if local.u_coarse is not None else self.coarse(local.u)
+            )
+        elif local.u_coarse is None or gathered.u_coarse is None:
+            raise ValueError(
+                "per-rank PCA: call before_gather on each rank's rows before gathering"
+            )
+        else:
+            coarse_local, coarse_all = local.u_coarse, gathered.u_coarse
         pairs = (coarse_local, local.t_short, coarse_all, glob.t_short)
         coarse = sum(info_nce(*pairs, logit_scale, target, eps)) / 2
         total = self.fine_weight * fine + self.coarse_weight * coarse
         return LossOutput(total, {"fine": fine.detach(), "coarse": coarse.detach()})
 
 
-def _row_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Σ_j real_ij values_ij / Σ_j real_ij: each row's mean over its real entries ([b, n] → [b])."""
-    return torch.where(real, values, 0.0).sum(1) / real.sum(1)
-
-
-def _self_retrieval(
-    recon: torch.Tensor, originals: torch.Tensor, real: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Per row, mean over real j of −log softmax_{j′ real}(cos(recon_j, originals_j′) / τ)_j: each
-    reconstruction must pick out its own original among the row's real entries. recon,
-    originals (row-normalised): [b, n, D]; real: [b, n] → [b]."""
-    logits = F.normalize(recon, dim=-1) @ originals.transpose(1, 2) / temperature
-    logits = logits.masked_fill(~real[:, None, :], float("-inf"))
-    return _row_mean(-logits.log_softmax(-1).diagonal(dim1=1, dim2=2), real)
-
-
-def token_reconstruction_loss(
-    patches: torch.Tensor,
-    tokens: torch.Tensor,
-    token_mask: torch.Tensor,
-    attn_temperature: float,
-    word_temperature: float,
-) -> torch.Tensor:
-    """MulCLIP's L_word of each pair: L_recon,text + L_recon,image ([b, P, D], [b, L, D], [b, L]
-    boolean → [b]).
-
-    With V the row-normalised patches and T the row-normalised real tokens of a pair,
-    T̃ = softmax_rows(T Vᵀ / τ_a) V rebuilds each token from the patches and
-    Ṽ = softmax_rows(V Tᵀ / τ_a) T each patch from the tokens;
-    L_recon,text = mean_j CE_{j′}(cos(T̃_j, T_j′) / τ_w, j) and
-    L_recon,image = mean_p CE_{p′}(cos(Ṽ_p, V_p′) / τ_w, p) (`_self_retrieval`). Padded tokens
-    take part in neither softmax nor either mean. Every row needs at least one real token."""
-    v, t = F.normalize(patches, dim=-1), F.normalize(tokens, dim=-1)
-    sim = t @ v.transpose(1, 2) / attn_temperature  # [b, L, P]
-    t_rec = sim.softmax(-1) @ v
-    v_rec = sim.transpose(1, 2).masked_fill(~token_mask[:, None, :], float("-inf")).softmax(-1) @ t
-    every_patch = torch.ones(v.shape[:2], dtype=torch.bool, device=v.device)
-    return _self_retrieval(t_rec, t, token_mask, word_temperature) + _self_retrieval(
-        v_rec, v, every_patch, word_temperature
-    )
-
-
-def subcaption_patch_similarity(
-    subs: torch.Tensor,
-    patches: torch.Tensor,
-    topk: int,
-    attn_temperature: float,
-    eps: float = 1e-6,
-) -> torch.Tensor:
-    """cos(v̄_{n|c}, t_c) for every sentence c of `subs` [b, S, D] and every image n of `patches`
-    [B, P, D] → [b, S, B].
-
-    With V_n the row-normalised patches of image n, t̂_c = t_c / ‖t_c‖ and
-    a_{n,p} = cos(V_{n,p}, t_c) = V_{n,p} · t̂_c, K = the top min(k, P) patches by a_{n,p},
-    w = softmax_{p∈K}(a_{n,p} / τ_a) and v̄_{n|c} = normalise(Σ_{p∈K} w_p V_{n,p}). Computed as
-    Σ_p w_p a_{n,p} / √(wᵀ G_n w) with the Gram matrix G_n = V_n V_nᵀ, so no [b, S, B, D] tensor
-    is formed."""
-    v = F.normalize(patches, dim=-1)
-    a = torch.einsum("isd,npd->isnp", F.normalize(subs, dim=-1), v)
-    top = a.topk(min(topk, a.shape[-1]), dim=-1).indices
-    keep = torch.zeros_like(a, dtype=torch.bool).scatter_(-1, top, True)
-    w = (a / attn_temperature).masked_fill(~keep, float("-inf")).softmax(-1)
-    sq_norm = torch.einsum("isnp,npq,isnq->isn", w, v @ v.transpose(1, 2), w)
-    return (w * a).sum(-1) * torch.rsqrt(sq_norm.clamp_min(eps * eps))
-
-
 class MulCLIPLoss:
-    """MulCLIP (arXiv 2512.07128): L_global + λ_W L_word + λ_S L_sub (λ_W = λ_S = 1 as on its
-    project page).
+    """MulCLIP (arXiv 2512.07128): L_global + λ_W L_word + λ_S L_sub.
 
-    L_global = InfoNCE(û, t) + ½ InfoNCE(û, t_short), each CLIP's symmetric InfoNCE
-    ½ [CE(s·ûₙ yᵀ) + CE(s·y ûₙᵀ)] over the global batch, without label smoothing.
+    L_global = InfoNCE(û, t) + w_short InfoNCE(û, t_short), each CLIP's symmetric InfoNCE
+    ½ [CE(s·ûₙ yᵀ) + CE(s·y ûₙᵀ)] over the global batch, without label smoothing; w_short = 1
+    (its reviewers: the long- and short-caption losses are summed).
     L_word (token reconstruction alignment): the mean over this rank's rows of
     `token_reconstruction_loss`, within each pair, so nothing is gathered. The paper's
     equation 6 contrasts a lowercase ṽ that its text never defines; we read it as the calibrated
@@ -367,8 +354,10 @@ class MulCLIPLoss:
     this rank's rows of each row's mean ℓ_c over its real sentences. A per-row mean (rather than
     one mean over all sentences of the global batch) is what keeps the DDP contract: a rank
     averages its own rows without knowing how many sentences the other ranks hold.
-    τ_a = `attn_temperature`, τ_w = `word_temperature`. The patches and tokens arrive already
-    calibrated by the model and are only row-normalised here.
+    τ_a = `attn_temperature`, τ_w = `word_temperature`. ASSUMED, as the paper's text is not
+    reachable here: λ_W = λ_S = 1, τ_a = τ_w = 0.1, k = 16. The patches and tokens arrive
+    calibrated by the model (`smartclip.calibration`: aggregated into fewer tokens, FineLIP's
+    adaptive token refinement) and are only row-normalised here.
     """
 
     consumes: ClassVar[frozenset[str]] = frozenset(
@@ -382,6 +371,7 @@ class MulCLIPLoss:
         attn_temperature: float = 0.1,
         word_temperature: float = 0.1,
         sub_topk: int = 16,
+        short_weight: float = 1.0,
     ) -> None:
         if not (attn_temperature > 0 and word_temperature > 0):
             raise ValueError(
@@ -389,7 +379,7 @@ class MulCLIPLoss:
             )
         if sub_topk < 1:
             raise ValueError(f"sub_topk must be at least 1, got {sub_topk}")
-        self.word_weight, self.sub_weight = word_weight, sub_weight
+        self.word_weight, self.sub_weight, self.short_weight = word_weight, sub_weight, short_weight
         self.attn_temperature, self.word_temperature = attn_temperature, word_temperature
         self.sub_topk = sub_topk
 
@@ -406,7 +396,7 @@ class MulCLIPLoss:
         u_n, u_g = F.normalize(local.u, dim=-1), F.normalize(glob.u, dim=-1)
         long = sum(info_nce(u_n, local.t, u_g, glob.t, logit_scale, target)) / 2
         short = sum(info_nce(u_n, local.t_short, u_g, glob.t_short, logit_scale, target)) / 2
-        global_ = long + short / 2
+        global_ = long + self.short_weight * short
         word = token_reconstruction_loss(
             local.patches,
             local.tokens,
@@ -421,7 +411,7 @@ class MulCLIPLoss:
         nll = F.cross_entropy(
             (logit_scale * sim).transpose(1, 2), target[:, None].expand_as(real), reduction="none"
         )
-        sub = _row_mean(nll, real).mean()
+        sub = row_mean(nll, real).mean()
         total = global_ + self.word_weight * word + self.sub_weight * sub
         terms = {"global": global_, "word": word, "sub": sub}
         return LossOutput(total, {k: v.detach() for k, v in terms.items()})
@@ -433,6 +423,13 @@ OBJECTIVES: dict[str, type] = {
     "longclip": LongCLIPLoss,
     "mulclip": MulCLIPLoss,
 }
+
+
+def before_gather(objective: object, local: Features) -> Features:
+    """What `objective` computes on each group of rows (a rank's micro-batch) before the
+    features are gathered: Long-CLIP's per-rank PCA; other objectives' features unchanged."""
+    prepare = getattr(objective, "before_gather", None)
+    return local if prepare is None else prepare(local)
 
 
 def build_objective(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import warnings
 import zipfile
@@ -39,6 +40,7 @@ from open_clip import factory as open_clip_factory
 from open_clip.transformer import text_global_pool
 from torch import nn
 
+from smartclip.calibration import CALIBRATION_SHARE, LocalCalibration
 from smartclip.losses import Features
 from smartclip.masknet import MaskNet
 
@@ -252,26 +254,15 @@ def _text_width_and_embed_dim(clip: nn.Module) -> tuple[int, int]:
     raise ValueError(f"{type(tower).__name__} has no text projection to read widths from")
 
 
-class LocalCalibration(nn.Module):
-    """x + W₂ GELU(W₁ LayerNorm(x)) per token: the learnable calibration MulCLIP applies to patch
-    and token features before its token- and sub-caption-level terms (our form of its "local
-    calibration"; the last layer starts at zero, so it starts as the identity)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim)
-        )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
-
-
 class SmartCLIPModel(nn.Module):
     """An open_clip model (`self.clip`), a `MaskNet` for objectives that read masks and, for
-    those that read patch and token features (MulCLIP), one `LocalCalibration` for each."""
+    those that read patch and token features (MulCLIP), their `LocalCalibration`, which
+    aggregates each side into `calibration_share` of the image's patch count.
+
+    The logit scale s = `logit_scale` is fixed (SmartCLIP's release) or, with
+    `learn_logit_scale`, learned as log s in `clip.logit_scale`, from log `logit_scale` (Long-CLIP's
+    release, `train/train.py`: `logit_scale = Parameter(ones([]) * args.log_scale)`, 4.6052 =
+    log 100, trained by the AdamW of every parameter)."""
 
     def __init__(
         self,
@@ -279,21 +270,32 @@ class SmartCLIPModel(nn.Module):
         with_mask: bool = True,
         mask_heads: int = 8,
         with_calibration: bool = False,
+        calibration_share: float = CALIBRATION_SHARE,
+        logit_scale: float = 100.0,
+        learn_logit_scale: bool = False,
     ) -> None:
         super().__init__()
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale}")
         self.clip = clip
-        self.clip.logit_scale.requires_grad_(False)  # SmartCLIP uses a fixed scale
+        with torch.no_grad():
+            self.clip.logit_scale.fill_(math.log(logit_scale))
+        self.clip.logit_scale.requires_grad_(learn_logit_scale)
+        self._fixed_scale = None if learn_logit_scale else logit_scale
         text_width, embed_dim = _text_width_and_embed_dim(clip)
         if with_mask and text_width % mask_heads:
             raise ValueError(f"mask heads {mask_heads} must divide the text width {text_width}")
         self.masknet = MaskNet(text_width, embed_dim, mask_heads) if with_mask else None
         self.calibration = (
-            nn.ModuleDict(
-                {"patches": LocalCalibration(embed_dim), "tokens": LocalCalibration(embed_dim)}
-            )
+            LocalCalibration(embed_dim, math.prod(clip.visual.grid_size), calibration_share)
             if with_calibration
             else None
         )
+
+    @property
+    def logit_scale(self) -> torch.Tensor | float:
+        """s: the fixed value, or exp of the learned log scale (a tensor with gradient)."""
+        return self.clip.logit_scale.exp() if self._fixed_scale is None else self._fixed_scale
 
     def text_features(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised text embedding [B, D], token states after ln_final [B, L, W])."""
@@ -362,7 +364,8 @@ class SmartCLIPModel(nn.Module):
     ) -> Features:
         """Features of a batch: `negatives` [B, k, L] are k hard-negative captions per row,
         `short` [B, L] the short captions, `subs` [B, S, L] the sentences (all-zero rows pad).
-        With calibration the patch and token features come along, calibrated."""
+        With calibration the patch and token features come along, calibrated: m aggregated
+        tokens each (`smartclip.calibration`), all of them real."""
         out = Features(u=None, t=None)
         if self.calibration is None:
             out.u = self.clip.encode_image(images)
@@ -371,9 +374,10 @@ class SmartCLIPModel(nn.Module):
             out.u, patches = self._image_and_patches(images)
             out.t, states = self.text_features(tokens)
             out.m = self.masknet(states) if self.masknet is not None else None
-            out.patches = self.calibration["patches"](patches)
-            out.tokens = self.calibration["tokens"](self._project_tokens(states))
-            out.token_mask = tokens != 0
+            out.patches, out.tokens = self.calibration(
+                patches, self._project_tokens(states), tokens != 0
+            )
+            out.token_mask = out.tokens.new_ones(out.tokens.shape[:2], dtype=torch.bool)
         if negatives is not None:
             flat, m_flat = self._text_and_mask(negatives.flatten(0, 1))
             out.t_neg = flat.view(*negatives.shape[:2], -1)
@@ -404,11 +408,22 @@ def build_model(
     with_mask: bool = True,
     mask_heads: int = 8,
     with_calibration: bool = False,
+    calibration_share: float = CALIBRATION_SHARE,
+    logit_scale: float = 100.0,
+    learn_logit_scale: bool = False,
 ) -> SmartCLIPModel:
     """`create_clip` + `SmartCLIPModel` (the kept positions are frozen by the optimizer,
     `smartclip.optim.pin_rows`)."""
     clip = create_clip(name, pretrained, context_length, keep)
-    return SmartCLIPModel(clip, with_mask, mask_heads, with_calibration)
+    return SmartCLIPModel(
+        clip,
+        with_mask,
+        mask_heads,
+        with_calibration,
+        calibration_share,
+        logit_scale,
+        learn_logit_scale,
+    )
 
 
 def open_clip_config(name: str, context_length: int) -> dict:

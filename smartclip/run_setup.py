@@ -85,6 +85,9 @@ def load_model(cfg: TrainConfig, objective: Objective, env: dist.DistEnv) -> Sma
             with_mask="m" in objective.consumes,
             mask_heads=cfg.mask_heads,
             with_calibration="patches" in objective.consumes,
+            calibration_share=cfg.calibration_share,
+            logit_scale=cfg.logit_scale,
+            learn_logit_scale=cfg.learn_logit_scale,
         ).to(env.device)
     except ValueError as err:  # weights that are no weights or do not fit --model
         raise RunError(str(err)) from None
@@ -123,7 +126,13 @@ def build_data(
             seed=cfg.seed,
             rank=env.rank,
             world_size=env.world_size,
-            text=TextOptions(cfg.sentence_sampling, cfg.caption_fit, text_views(objective)),
+            text=TextOptions(
+                cfg.sentence_sampling,
+                cfg.caption_fit,
+                text_views(objective),
+                cfg.short_caption,
+                cfg.max_sentences,
+            ),
             resampled=cfg.wds_resampled,
             pin_memory=env.device.type == "cuda",
             **options,

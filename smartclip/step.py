@@ -6,6 +6,9 @@ then each is re-embedded with gradients and the loss of the WHOLE accumulated ba
 back-propagated with that micro-batch's rows live (open_clip's feature cache). The summed
 gradient is exactly that of one batch of a × batch_size rows, at the price of a second forward.
 
+Each micro-batch's features first pass `losses.before_gather` (Long-CLIP's per-rank PCA, which
+the release takes over each GPU's 128 rows before gathering: here over each micro-batch).
+
 Ranks: each rank gathers every rank's features (with gradients, or as constants with
 `gather_with_grad=False`) and computes its own rows of the global loss (`local_loss`), scaled by
 W·b_r/B, so DDP's averaged gradient equals the single-process gradient on the global batch.
@@ -23,20 +26,24 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smartclip import distributed as dist
 from smartclip.data import Batch
-from smartclip.losses import Features, LossOutput, build_objective
+from smartclip.losses import Features, LossOutput, before_gather, build_objective
 from smartclip.train_config import TrainConfig
 
 Objective = Callable[..., LossOutput]
 
 
 def objective_from_config(cfg: TrainConfig) -> Objective:
-    """The configured objective with its settings (loss weights, sparsity form, norm floor)."""
-    return build_objective(
-        cfg.objective,
-        weights=tuple(cfg.loss_weights),
-        sparsity=cfg.sparsity,
-        norm_floor=cfg.mask_norm_floor,
-    )
+    """The configured objective with its settings (`TrainConfig.objective_settings`)."""
+    return build_objective(cfg.objective, **cfg.objective_settings())
+
+
+def logit_scale(model: torch.nn.Module, cfg: TrainConfig) -> torch.Tensor | float:
+    """s: the fixed --logit-scale, or with --learn-logit-scale the model's learned one (through
+    the torch.compile and DDP wrappers)."""
+    if not cfg.learn_logit_scale:
+        return cfg.logit_scale
+    inner = getattr(model, "_orig_mod", model)
+    return getattr(inner, "module", inner).logit_scale
 
 
 def text_views(objective: Objective) -> tuple[str, ...]:
@@ -58,19 +65,37 @@ def _cat(parts: Sequence[Features]) -> Features:
 
 
 def rank_loss(
-    objective: Objective, cfg: TrainConfig, local: Features, global_rows: int
+    objective: Objective,
+    cfg: TrainConfig,
+    local: Features,
+    global_rows: int,
+    scale: torch.Tensor | float,
 ) -> tuple[LossOutput, float]:
-    """This rank's part of the global-batch objective (in fp32) and its DDP weight W·b_r/B."""
+    """This rank's part of the global-batch objective (in fp32) at logit scale `scale` and its
+    DDP weight W·b_r/B."""
     local = local.map(lambda x: x.float() if x.is_floating_point() else x)
     if dist.world_size() == 1:
-        return objective(local, cfg.logit_scale), 1.0
+        return objective(local, scale), 1.0
     gather = dist.gather_with_grad if cfg.gather_with_grad else dist.gather_without_grad
     offset = gather(local.u)[1]
     gathered = local.map(lambda x: gather(x)[0])
     if not cfg.local_loss:
-        return objective(gathered, cfg.logit_scale), 1.0
-    out = objective(local, cfg.logit_scale, gathered, offset)
+        return objective(gathered, scale), 1.0
+    out = objective(local, scale, gathered, offset)
     return out, dist.local_weight(local.u.shape[0], global_rows)
+
+
+def embed(
+    model: Callable[..., Features],
+    inputs: Sequence[torch.Tensor | None],
+    objective: Objective,
+    autocast: Callable[[], AbstractContextManager],
+) -> Features:
+    """One micro-batch's features (under autocast), then what the objective computes on them
+    before the gather (`losses.before_gather`, outside autocast)."""
+    with autocast():
+        out = model(*inputs)
+    return before_gather(objective, out)
 
 
 @dataclass
@@ -110,15 +135,14 @@ def forward_backward(
     ]
     cached = []
     if len(micro) > 1:
-        with torch.no_grad(), autocast():
-            cached = [model(*inputs) for inputs in micro]
+        with torch.no_grad():
+            cached = [embed(model, inputs, objective, autocast) for inputs in micro]
     for j, inputs in enumerate(micro):
         last = j == len(micro) - 1
         with nullcontext() if ddp is None or last else ddp.no_sync():
-            with autocast():
-                fresh = model(*inputs)
+            fresh = embed(model, inputs, objective, autocast)
             local = _cat([*cached[:j], fresh, *cached[j + 1 :]]) if cached else fresh
-            out, weight = rank_loss(objective, cfg, local, global_rows)
+            out, weight = rank_loss(objective, cfg, local, global_rows, logit_scale(model, cfg))
             scaler.scale(out.total * weight).backward()
     values = torch.stack([out.total.detach(), *out.terms.values()]) * weight
     if dist.world_size() > 1:

@@ -8,6 +8,12 @@ backbone parameter and a cosine schedule after 200 warm-up steps; mask network l
 weight decay on its own cosine schedule without warm-up; loss 10·(L_sidm + L_dism) + 2·mean|m|
 at a fixed logit scale 100, hard masks p ≥ 0.5; fp16 AMP; 3 epochs; effective batch 1,024
 (accumulation = 1,024 // (batch × processes)). Our own preferences are flags that default off.
+
+The long-caption objectives' settings are their releases' where a release fixes them (Long-CLIP:
+32 components, PCA per rank before the gather, the short caption before the first ". "; MulCLIP's
+calibration as FineLIP's); `--preset longclip-release` sets Long-CLIP's batch, epochs and learned
+logit scale. MulCLIP's λ's, temperatures and top-k are not reachable in its paper here: their
+flags say "assumed"; `--max-sentences` says that its cap on the sub-captions is ours.
 """
 
 from __future__ import annotations
@@ -17,13 +23,20 @@ from dataclasses import dataclass, field
 
 import open_clip
 
+from smartclip.calibration import CALIBRATION_SHARE
 from smartclip.cli import require
-from smartclip.data import CAPTION_FITS, FORMATS
-from smartclip.losses import OBJECTIVES, SPARSITY_FORMS
+from smartclip.data import CAPTION_FITS, FORMATS, MAX_SENTENCES
+from smartclip.data.captions import SHORT_CAPTIONS
+from smartclip.losses import OBJECTIVES, PCA_SCOPES, SPARSITY_FORMS
 from smartclip.model import KEEP_POSITIONS, TINY_MODEL
 
 PRECISIONS = ("amp", "amp_bf16", "fp32")
 MAX_DEFAULT_WORKERS = 4
+# the long-caption objectives' settings, passed by their class parameters' names
+OBJECTIVE_FIELDS = (
+    "pca_components", "pca_share", "pca_scope", "short_weight", "word_weight", "sub_weight",
+    "attn_temperature", "word_temperature", "sub_topk",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,8 +102,23 @@ class TrainConfig:
     )
     scenes_dir: str = "runs/data/scenes"
     scenes_images: int = field(default=6000, metadata={"help": "built-in scenes to render"})
-    objective: str = field(default="smartclip", metadata={"help": f"one of {tuple(OBJECTIVES)}"})
-    logit_scale: float = field(default=100.0, metadata={"help": "fixed logit scale s"})
+    objective: str = field(
+        default="smartclip",
+        metadata={
+            "help": f"one of {tuple(OBJECTIVES)}; for Long-CLIP's released recipe (2,048 pairs a "
+            "step, 6 epochs, logit scale learned from 100) add --preset longclip-release"
+        },
+    )
+    logit_scale: float = field(
+        default=100.0, metadata={"help": "logit scale s (fixed, or the start of a learned one)"}
+    )
+    learn_logit_scale: bool = field(
+        default=False,
+        metadata={
+            "help": "learn log s at the backbone's lr and weight decay (Long-CLIP's release; "
+            "SmartCLIP's keeps s fixed)"
+        },
+    )
     loss_weights: tuple[float, ...] = field(
         default=(10.0, 10.0, 2.0), metadata={"help": "smartclip weights of sidm, dism, sparsity"}
     )
@@ -101,6 +129,59 @@ class TrainConfig:
     mask_norm_floor: float = field(
         default=1.0,
         metadata={"help": "S's norm floor in units of ‖u‖/√D (0: bare eps guard)"},
+    )
+    pca_components: int | None = field(
+        default=32,
+        metadata={
+            "help": "longclip: principal components of its coarse term (the release's 32 at "
+            "B/16 and L/14); none: --pca-share of the embedding"
+        },
+    )
+    pca_share: float = field(
+        default=1 / 16,
+        metadata={"help": "longclip: components kept as a share of the embedding (32 / 512)"},
+    )
+    pca_scope: str = field(
+        default="rank",
+        metadata={
+            "help": "longclip: PCA over each GPU's micro-batch before the gather (rank; the "
+            "release) or over the gathered batch (global)"
+        },
+    )
+    short_weight: float = field(
+        default=1.0, metadata={"help": "mulclip: weight of L_global's short caption (reviews)"}
+    )
+    word_weight: float = field(default=1.0, metadata={"help": "mulclip: λ_W of L_word (assumed)"})
+    sub_weight: float = field(default=1.0, metadata={"help": "mulclip: λ_S of L_sub (assumed)"})
+    attn_temperature: float = field(
+        default=0.1, metadata={"help": "mulclip: τ_a of its attention (assumed)"}
+    )
+    word_temperature: float = field(
+        default=0.1, metadata={"help": "mulclip: τ_w of L_word's retrieval (assumed)"}
+    )
+    sub_topk: int = field(
+        default=16, metadata={"help": "mulclip: patches aggregated per sub-caption (assumed)"}
+    )
+    calibration_share: float = field(
+        default=CALIBRATION_SHARE,
+        metadata={
+            "help": "mulclip: tokens after calibration per image patch (FineLIP's ATRM: 0.2, "
+            "39 of 196)"
+        },
+    )
+    max_sentences: int = field(
+        default=MAX_SENTENCES,
+        metadata={
+            "help": "mulclip: sub-captions per caption, its first sentences (a cap of ours; "
+            "MulCLIP uses every sentence)"
+        },
+    )
+    short_caption: str = field(
+        default="release",
+        metadata={
+            "help": f"short caption, one of {SHORT_CAPTIONS}: release (text before the first "
+            "'. ', Long-CLIP's) or sentence (first sentence, stop kept)"
+        },
     )
     mask_heads: int = 8
     context_length: int = field(
@@ -114,12 +195,18 @@ class TrainConfig:
     )
     batch_size: int = field(default=128, metadata={"help": "micro-batch per process"})
     global_batch: int = field(
-        default=1024, metadata={"help": "effective batch; accumulation = this // (batch × ranks)"}
+        default=1024,
+        metadata={
+            "help": "effective batch; accumulation = this // (batch × ranks) (SmartCLIP's; "
+            "--preset longclip-release: Long-CLIP's 2,048)"
+        },
     )
     accum_freq: int | None = field(
         default=None, metadata={"help": "micro-batches per step (None: from --global-batch)"}
     )
-    epochs: int = 3
+    epochs: int = field(
+        default=3, metadata={"help": "SmartCLIP's; --preset longclip-release: Long-CLIP's 6"}
+    )
     steps: int | None = field(default=None, metadata={"help": "cap on optimizer steps"})
     lr: float = field(default=1e-6, metadata={"help": "backbone learning rate"})
     wd: float = field(default=0.01, metadata={"help": "backbone weight decay"})
@@ -223,6 +310,23 @@ class TrainConfig:
         require(self.logit_scale > 0, "logit_scale", "must be positive")
         require(self.mask_heads >= 1, "mask_heads", "must be at least 1")
         require(
+            self.pca_components is None or self.pca_components >= 1,
+            "pca_components",
+            "must be at least 1 (or none)",
+        )
+        require(0 < self.pca_share <= 1, "pca_share", "must lie in (0, 1]")
+        require(self.pca_scope in PCA_SCOPES, "pca_scope", f"choose one of {PCA_SCOPES}")
+        for name in ("short_weight", "word_weight", "sub_weight"):
+            require(getattr(self, name) >= 0, name, "must be non-negative")
+        for name in ("attn_temperature", "word_temperature"):
+            require(getattr(self, name) > 0, name, "must be positive")
+        require(self.sub_topk >= 1, "sub_topk", "must be at least 1")
+        require(0 < self.calibration_share <= 1, "calibration_share", "must lie in (0, 1]")
+        require(self.max_sentences >= 1, "max_sentences", "must be at least 1")
+        require(
+            self.short_caption in SHORT_CAPTIONS, "short_caption", f"choose one of {SHORT_CAPTIONS}"
+        )
+        require(
             0 <= self.keep_positions < self.context_length - 1,
             "keep_positions",
             "must lie in 0..context_length-2",
@@ -253,6 +357,17 @@ class TrainConfig:
             f"no such checkpoint {self.resume!r}",
         )
 
+    def objective_settings(self) -> dict:
+        """The keyword arguments `losses.build_objective` hands the objective (each class takes
+        its own)."""
+        own = {name: getattr(self, name) for name in OBJECTIVE_FIELDS}
+        return {
+            "weights": tuple(self.loss_weights),
+            "sparsity": self.sparsity,
+            "norm_floor": self.mask_norm_floor,
+            **own,
+        }
+
     def loader_workers(self) -> int:
         """--workers, or the CPU cores this process may use (its affinity), at most
         MAX_DEFAULT_WORKERS: torch warns when a loader has more workers than that."""
@@ -276,6 +391,14 @@ _TINY = {
 PRESETS = {
     # the released recipe at ViT-L/14 (the defaults are ViT-B/16)
     "vit-l-14": {"model": "ViT-L-14-quickgelu", "grad_checkpointing": True},
+    # Long-CLIP's release where it differs from SmartCLIP's (beichenzbc/Long-CLIP): 16 GPUs × 128
+    # = 2,048 pairs a step (`train/train_slurm.sh`, `--batch-size` 128), 6 epochs
+    # (`train/train.md`; argparse's default is 2), log s learned from 4.6052 = log 100
+    # (`train/train.py`); lr 1e-6, wd 0.01 on every parameter, 200 warm-up steps, AdamW
+    # 0.9/0.999/1e-8, fp16 AMP and the 248-token stretch are the defaults already
+    "longclip-release": {
+        "objective": "longclip", "global_batch": 2048, "epochs": 6, "learn_logit_scale": True,
+    },
     # CPU stage 1: CLIP pre-training of the tiny towers from scratch (a SmartCLIP mask network
     # trained from random features shrinks to one dimension before the features mean anything);
     # from scratch, so no positions are frozen and gains and biases are not decayed

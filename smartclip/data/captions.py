@@ -1,6 +1,7 @@
 """Captions: their sentences, random sentence prefixes, fitting to the text context, counting.
 
 ``sample_sentence_prefix(caption, rng) -> str``    first k sentences, k uniform in 1..n
+``short_caption(caption, rule) -> str``  Long-CLIP's short caption (the text before the first ". ")
 ``caption_overflows(text, tokenizer) -> bool | None``  whether the tokenizer will cut the text
 ``fit_caption(caption, tokenizer, mode) -> (text, truncated)``  fit a caption to the text context
 ``count_long_captions(records, tokenizer, context_length) -> LongCaptions``  how many overflow
@@ -24,7 +25,10 @@ from smartclip.data.records import Record
 
 CAPTION_FITS: tuple[str, ...] = ("truncate", "sentences")
 TEXT_VIEWS: tuple[str, ...] = ("short", "subs")
-MAX_SENTENCES = 8  # sentences of a long caption kept as sub-captions
+SHORT_CAPTIONS: tuple[str, ...] = ("release", "sentence")
+# sub-captions kept of a long caption: a cap of ours (MulCLIP uses every sentence), which fixes
+# the sub-caption tensor's shape so that ranks can gather it
+MAX_SENTENCES = 8
 
 _BOUNDARY = re.compile(r"[.!?]+(?=\s)")
 _SPECIAL_TOKENS = 2  # open_clip adds start- and end-of-text tokens around ``encode``'s ids
@@ -54,6 +58,18 @@ def sentences(caption: str) -> list[str]:
     text = caption.rstrip()
     ends = _sentence_ends(text)
     return [text[a:b].strip() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+
+
+def short_caption(caption: str, rule: str = "release") -> str:
+    """The short caption of a long one. "release": newlines made spaces, then the text before the
+    first ". " (Long-CLIP, `train/sharegpt4v.py`: `caption.replace("\\n", " ").split(". ")[0]`;
+    no full stop kept; the whole caption where it has no ". "). "sentence": the first of
+    ``sentences`` (a sentence also ends at "!" or "?", and keeps its stop)."""
+    if rule not in SHORT_CAPTIONS:
+        raise ValueError(f"short caption rule must be one of {SHORT_CAPTIONS}, got {rule!r}")
+    if rule == "sentence":
+        return sentences(caption)[0]
+    return caption.replace("\n", " ").split(". ", 1)[0]
 
 
 def caption_overflows(text: str, tokenizer: Any, context_length: int | None = None) -> bool | None:
@@ -138,17 +154,32 @@ class TextOptions:
 
     ``sentence_sampling``: a random first-k-sentence prefix of a random caption (SmartCLIP's
     recipe). ``caption_fit``: "truncate" or "sentences" (``fit_caption``). ``views``: extra views
-    of a long caption for objectives that read them: "short" (its first sentence, Long-CLIP's
-    short caption) and "subs" (its first ``MAX_SENTENCES`` sentences, MulCLIP's sub-captions);
-    with views the record's longest caption is used whole.
+    of a long caption for objectives that read them: "short" (``short_caption`` by
+    ``short_rule``, Long-CLIP's and MulCLIP's short caption) and "subs" (its first
+    ``max_sentences`` sentences, MulCLIP's sub-captions, padded to ``max_sentences``); with views
+    the record's longest caption is used whole.
     """
 
     sentence_sampling: bool = True
     caption_fit: str = "truncate"
     views: tuple[str, ...] = ()
+    short_rule: str = "release"
+    max_sentences: int = MAX_SENTENCES
 
     def __post_init__(self) -> None:
         _checked_caption_fit(self.caption_fit)
         unknown = set(self.views) - set(TEXT_VIEWS)
         if unknown:
             raise ValueError(f"unknown text views {sorted(unknown)}; choose from {TEXT_VIEWS}")
+        if self.short_rule not in SHORT_CAPTIONS:
+            raise ValueError(f"short_rule must be one of {SHORT_CAPTIONS}, got {self.short_rule!r}")
+        if self.max_sentences < 1:
+            raise ValueError(f"max_sentences must be at least 1, got {self.max_sentences}")
+
+    def short(self, caption: str) -> str:
+        """The caption's short caption (``short_caption`` by ``short_rule``)."""
+        return short_caption(caption, self.short_rule)
+
+    def sub_captions(self, caption: str) -> list[str]:
+        """The caption's first ``max_sentences`` sentences (``sentences``)."""
+        return sentences(caption)[: self.max_sentences]

@@ -24,13 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from smartclip.data.captions import (
-    MAX_SENTENCES,
-    TextOptions,
-    fit_caption,
-    sample_sentence_prefix,
-    sentences,
-)
+from smartclip.data.captions import TextOptions, fit_caption, sample_sentence_prefix
 from smartclip.data.records import Record
 
 logger = logging.getLogger(__name__)
@@ -61,7 +55,7 @@ class Sample(NamedTuple):
     truncated: bool = False
     negative: torch.Tensor | None = None
     short: torch.Tensor | None = None
-    subs: torch.Tensor | None = None  # [MAX_SENTENCES, L], all-zero rows pad
+    subs: torch.Tensor | None = None  # [max_sentences, L], all-zero rows pad
 
 
 def _make_sample(
@@ -88,12 +82,11 @@ def _make_sample(
     if text.views:
         caption = max(record.captions, key=len)
         ids, truncated = tokens(caption)
-        parts = sentences(caption)
-        short = tokens(parts[0])[0] if "short" in text.views else None
+        short = tokens(text.short(caption))[0] if "short" in text.views else None
         subs = None
         if "subs" in text.views:
-            subs = torch.zeros(MAX_SENTENCES, len(ids), dtype=ids.dtype)
-            for i, part in enumerate(parts[:MAX_SENTENCES]):
+            subs = torch.zeros(text.max_sentences, len(ids), dtype=ids.dtype)
+            for i, part in enumerate(text.sub_captions(caption)):
                 subs[i] = tokens(part)[0]
         return Sample(transform(image), ids, truncated, short=short, subs=subs)
     j = int(rng.integers(len(record.captions))) if rng is not None else 0
@@ -110,7 +103,7 @@ class Batch(NamedTuple):
     """Stacked images ``[B, ...]`` and tokens ``[B, L]``, how many failed samples were dropped
     and how many of the kept captions the tokenizer cut to fit the context; when the samples
     have them, hard negatives ``[B, 1, L]``, short captions ``[B, L]`` and sub-captions
-    ``[B, MAX_SENTENCES, L]`` (all-zero rows pad).
+    ``[B, max_sentences, L]`` (all-zero rows pad).
 
     ``B`` may be smaller than the batch size, and 0 (empty tensors) if every sample failed.
     """

@@ -24,15 +24,17 @@ from smartclip.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 GLOBAL_ROWS, RANK0_ROWS = 8, 5  # uneven on purpose: rank 0 has 5 rows, rank 1 has 3
-# (objective, local loss, hard negatives)
+RANK_ROWS = (slice(0, RANK0_ROWS), slice(RANK0_ROWS, None))
+# (objective, local loss, hard negatives, Long-CLIP's PCA scope)
 VARIANTS = (
-    ("smartclip", True, False),
-    ("clip", True, False),
-    ("smartclip", False, False),
-    ("clip", True, True),
-    ("smartclip", True, True),
-    ("longclip", True, False),
-    ("mulclip", True, False),
+    ("smartclip", True, False, "rank"),
+    ("clip", True, False, "rank"),
+    ("smartclip", False, False, "rank"),
+    ("clip", True, True, "rank"),
+    ("smartclip", True, True, "rank"),
+    ("longclip", True, False, "global"),
+    ("longclip", True, False, "rank"),
+    ("mulclip", True, False, "rank"),
 )
 
 
@@ -51,30 +53,48 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def loss_and_grads(
-    objective: str, local_loss: bool, negatives: bool, rows: slice, wrap: bool
+    objective: str,
+    local_loss: bool,
+    negatives: bool,
+    pca_scope: str,
+    micro_batches: list[slice],
+    wrap: bool,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """One step on the rows of `micro_batches` (accumulated), its loss terms and gradients."""
     torch.manual_seed(0)
-    needs = objective_from_config(TrainConfig(objective=objective)).consumes
+    # one component: the PCA bites in groups of 5, 3 and 8 rows
+    cfg = TrainConfig(
+        objective=objective, local_loss=local_loss, pca_components=1, pca_scope=pca_scope
+    )
+    needs = objective_from_config(cfg).consumes
     model = build_model(
         TINY_MODEL, context_length=77, with_mask="m" in needs, with_calibration="patches" in needs
     )
     ddp = DistributedDataParallel(model) if wrap else None
-    cfg = TrainConfig(objective=objective, local_loss=local_loss)
     images, texts, hard = global_batch()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    views = text_views(objective_from_config(TrainConfig(objective=objective)))
-    short = texts.roll(1, 0)[rows] if "short" in views else None
+    views = text_views(objective_from_config(cfg))
     subs = None
     if "subs" in views:  # two sentence slots, the second empty on odd rows
         subs = torch.stack(
             [texts, texts.roll(2, 0) * (torch.arange(GLOBAL_ROWS) % 2 == 0)[:, None]], 1
         )
-        subs = subs[rows]
-    batch = Batch(images[rows], texts[rows], 0, 0, hard[rows] if negatives else None, short, subs)
-    objective = objective_from_config(cfg)
+    batches = [
+        Batch(
+            images[rows],
+            texts[rows],
+            0,
+            0,
+            hard[rows] if negatives else None,
+            texts.roll(1, 0)[rows] if "short" in views else None,
+            None if subs is None else subs[rows],
+        )
+        for rows in micro_batches
+    ]
     result = forward_backward(
-        ddp or model, ddp, [batch], objective, cfg, torch.device("cpu"), scaler, nullcontext
-    )
+        ddp or model, ddp, batches, objective_from_config(cfg), cfg, torch.device("cpu"), scaler,
+        nullcontext,
+    )  # fmt: skip
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return result.losses, grads
 
@@ -86,7 +106,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     )  # fmt: skip
     torch.set_num_threads(1)
     dist.init_distributed("cpu")
-    rows = slice(0, RANK0_ROWS) if rank == 0 else slice(RANK0_ROWS, None)
+    rows = [RANK_ROWS[rank]]
     results = {variant: loss_and_grads(*variant, rows, wrap=True) for variant in VARIANTS}
     if rank == 0:
         torch.save({"-".join(map(str, v)): r for v, r in results.items()}, out)
@@ -100,14 +120,21 @@ def free_port() -> int:
 
 
 def test_two_process_ddp_equals_one_process(tmp_path: Path) -> None:
+    """Every objective's DDP step equals the one-process step on the global batch; Long-CLIP's
+    per-rank PCA (the release's), which depends on the split, equals the one process that
+    accumulates the two ranks' rows as two micro-batches, each its own PCA group (the naive
+    per-group reference is in test_losses)."""
     out = tmp_path / "ddp.pt"
     mp.spawn(_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     ddp_results = torch.load(out, weights_only=True)
-    with_negatives, without = (ddp_results[f"clip-True-{n}"][0]["i2t"] for n in (True, False))
+    with_negatives, without = (ddp_results[f"clip-True-{n}-rank"][0]["i2t"] for n in (True, False))
     assert with_negatives > without  # the negatives are extra image→text columns
+    per_rank, global_ = (ddp_results[f"longclip-True-False-{s}"][0] for s in ("rank", "global"))
+    assert abs(per_rank["coarse"] - global_["coarse"]) > 1e-4  # the split matters
     for variant in VARIANTS:
         objective = variant[0]
-        losses, grads = loss_and_grads(*variant, slice(None), wrap=False)
+        groups = list(RANK_ROWS) if variant[::3] == ("longclip", "rank") else [slice(None)]
+        losses, grads = loss_and_grads(*variant, groups, wrap=False)
         ddp_losses, ddp_grads = ddp_results["-".join(map(str, variant))]
         assert ddp_losses == pytest.approx(losses, rel=1e-5), objective
         assert ddp_grads.keys() == grads.keys()

@@ -1,3 +1,4 @@
+import itertools
 import math
 from dataclasses import fields
 
@@ -7,18 +8,21 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smartclip.fit import FitConfig, build_model, training_batch
 from smartclip.losses import (
     ClipLoss,
     Features,
     LongCLIPLoss,
     MulCLIPLoss,
     SmartCLIPLoss,
+    before_gather,
     build_objective,
     mask_health,
     masked_similarity,
     pca_reconstruct,
 )
 from smartclip.masknet import straight_through_threshold
+from synthetic.worlds import World, WorldConfig
 
 
 def naive_similarity(u, m, t, floor=1.0, eps=1e-6):
@@ -275,10 +279,14 @@ def naive_pca(x, k):
     return torch.stack([mu + sum((ci @ e[:, m]) * e[:, m] for m in range(k)) for ci in c])
 
 
-def naive_longclip(f, scale, k, eps, weights):
+def naive_longclip(f, scale, k, eps, weights, groups=None):
+    """Long-CLIP on the whole batch, its coarse features PCA'd group by group: `groups` = the
+    rows of each rank in order (None: one group, the batch)."""
     u_n = torch.stack([f.u[i] / f.u[i].norm() for i in range(f.u.shape[0])])
     fine = naive_symmetric_nce(u_n, f.t, scale, eps)
-    coarse = naive_symmetric_nce(naive_pca(u_n, k), f.t_short, scale, eps)
+    bounds = [0, *itertools.accumulate(groups or [len(u_n)])]
+    coarse_u = torch.cat([naive_pca(u_n[a:b], k) for a, b in itertools.pairwise(bounds)])
+    coarse = naive_symmetric_nce(coarse_u, f.t_short, scale, eps)
     return weights[0] * fine + weights[1] * coarse
 
 
@@ -294,10 +302,11 @@ def naive_retrieval(recon, originals, tau):
     )
 
 
-def naive_mulclip(f, scale, weights, tau_a, tau_w, topk):
+def naive_mulclip(f, scale, weights, tau_a, tau_w, topk, short_weight=1.0):
     b, n_patches = f.patches.shape[:2]
     u_n = torch.stack([f.u[i] / f.u[i].norm() for i in range(b)])
-    glob = naive_symmetric_nce(u_n, f.t, scale) + naive_symmetric_nce(u_n, f.t_short, scale) / 2
+    short = naive_symmetric_nce(u_n, f.t_short, scale)
+    glob = naive_symmetric_nce(u_n, f.t, scale) + short_weight * short
 
     word = 0.0
     for i in range(b):
@@ -341,13 +350,15 @@ def naive_mulclip(f, scale, weights, tau_a, tau_w, topk):
     k=st.integers(1, 6),
     seed=st.integers(0, 10_000),
     eps=st.sampled_from([0.0, 0.1]),
+    scope=st.sampled_from(["rank", "global"]),
 )
-def test_longclip_loss_and_gradients_match_naive_loop(b, d, k, seed, eps):
+def test_longclip_loss_and_gradients_match_naive_loop(b, d, k, seed, eps, scope):
     """Value and gradients w.r.t. u, t and t_short agree with a per-pair loop whose PCA comes from
-    an eigendecomposition, for k below and at or above the batch's rank."""
+    an eigendecomposition, for k below and at or above the batch's rank; in one process the
+    batch is the one PCA group of either scope."""
     f = peer_features(b, d, seed)
     weights = (1.5, 0.5)
-    loss = LongCLIPLoss(*weights, pca_components=k, label_smoothing=eps)
+    loss = LongCLIPLoss(*weights, pca_components=k, pca_scope=scope, label_smoothing=eps)
     got = value_and_grads(lambda x: loss(x, 3.0).total, f)
     want = value_and_grads(lambda x: naive_longclip(x, 3.0, k, eps, weights), f)
     assert_same(got, want)
@@ -362,18 +373,19 @@ def test_longclip_loss_and_gradients_match_naive_loop(b, d, k, seed, eps):
     sentences=st.integers(1, 3),
     topk=st.integers(1, 5),
     taus=st.sampled_from([(0.1, 0.1), (0.5, 0.2)]),
+    short_weight=st.sampled_from([1.0, 0.5]),
     seed=st.integers(0, 10_000),
 )
 def test_mulclip_loss_and_gradients_match_naive_loop(
-    b, d, patches, tokens, sentences, topk, taus, seed
+    b, d, patches, tokens, sentences, topk, taus, short_weight, seed
 ):
     """Value and gradients w.r.t. every input (u, t, t_short, patches, tokens, subs) agree with a
     per-pair, per-token, per-sentence loop, with uneven numbers of real tokens and sentences."""
     f = peer_features(b, d, seed, patches, tokens, sentences)
     weights = (0.7, 1.3)
-    loss = MulCLIPLoss(*weights, *taus, sub_topk=topk)
+    loss = MulCLIPLoss(*weights, *taus, sub_topk=topk, short_weight=short_weight)
     got = value_and_grads(lambda x: loss(x, 3.0).total, f)
-    want = value_and_grads(lambda x: naive_mulclip(x, 3.0, weights, *taus, topk), f)
+    want = value_and_grads(lambda x: naive_mulclip(x, 3.0, weights, *taus, topk, short_weight), f)
     assert_same(got, want)
 
 
@@ -427,12 +439,16 @@ def test_padded_tokens_and_sentences_have_no_influence():
 
 
 def test_mulclip_without_word_and_sub_terms_is_its_global_term():
+    """L_global sums CLIP's loss on the long and on the short caption (weight 1, as its reviewers
+    describe it), or weighs the short one by short_weight."""
     f = peer_features(6, 5, 7)
     out = MulCLIPLoss(word_weight=0.0, sub_weight=0.0)(f, 4.0)
     assert torch.equal(out.total, out.terms["global"])
     clip = ClipLoss()
-    want = clip(Features(f.u, f.t), 4.0).total + clip(Features(f.u, f.t_short), 4.0).total / 2
-    assert torch.allclose(out.total, want, atol=1e-12)
+    long, short = (clip(Features(f.u, y), 4.0).total for y in (f.t, f.t_short))
+    assert torch.allclose(out.total, long + short, atol=1e-12)
+    half = MulCLIPLoss(word_weight=0.0, sub_weight=0.0, short_weight=0.5)(f, 4.0)
+    assert torch.allclose(half.total, long + short / 2, atol=1e-12)
     assert out.terms["word"] > 0 and out.terms["sub"] > 0
     assert MulCLIPLoss()(f, 4.0).total > out.total
 
@@ -459,7 +475,8 @@ def test_local_rows_of_global_loss_average_to_the_global_loss(name, negatives):
     if negatives:
         full.t_neg = F.normalize(torch.randn(8, 2, 5, generator=g, dtype=torch.float64), dim=-1)
         full.m_neg = (torch.rand(8, 2, 5, generator=g) > 0.3).double()
-    objective = build_objective(name, pca_components=2, sub_topk=2)  # PCA and top-k both bite
+    # PCA and top-k both bite; Long-CLIP's global PCA (the per-rank one depends on the split)
+    objective = build_objective(name, pca_components=2, pca_scope="global", sub_topk=2)
     whole, whole_grads = value_and_grads(lambda f: objective(f, 4.0).total, full)
 
     def ddp_average(f: Features) -> torch.Tensor:
@@ -476,6 +493,82 @@ def test_local_rows_of_global_loss_average_to_the_global_loss(name, negatives):
         assert (grad is None) == (split_grads[key] is None), key
         if grad is not None:
             assert torch.allclose(split_grads[key], grad, atol=1e-12), key
+
+
+def stacked(parts: list[Features]) -> Features:
+    """The features of several groups of rows, concatenated (what a gather returns)."""
+    return Features(
+        **{
+            f.name: None
+            if getattr(parts[0], f.name) is None
+            else torch.cat([getattr(p, f.name) for p in parts])
+            for f in fields(Features)
+        }
+    )
+
+
+def test_per_rank_pca_matches_a_per_rank_naive_reference():
+    """Long-CLIP as released: each rank takes the PCA of its own rows before the gather. Ranks of
+    5 and 3 rows (each running `before_gather`, then its rows against the gathered features,
+    weighted by W·b_r/B) average to the loss whose coarse features are PCA'd rank by rank, in
+    value and in every gradient; one process that ran `before_gather` on the same two groups
+    (micro-batches) gives it too. It differs from the global PCA's loss: the split matters."""
+    full = peer_features(8, 6, 11)
+    k, eps, weights, groups = 1, 0.1, (1.0, 1.0), (5, 3)
+    objective = build_objective("longclip", pca_components=k)
+    assert objective.pca_scope == "rank"
+    bounds = [(0, 5), (5, 3)]
+
+    def ranks(f: Features) -> list[Features]:
+        return [
+            before_gather(objective, f.map(lambda x, o=o, r=r: x[o : o + r])) for o, r in bounds
+        ]
+
+    def ddp_average(f: Features) -> torch.Tensor:
+        local = ranks(f)
+        gathered = stacked(local)
+        parts = [
+            objective(part, 4.0, gathered, offset).total * (2 * rows / 8)
+            for part, (offset, rows) in zip(local, bounds, strict=True)
+        ]
+        return sum(parts) / 2
+
+    want = value_and_grads(lambda f: naive_longclip(f, 4.0, k, eps, weights, groups), full)
+    assert_same(value_and_grads(ddp_average, full), want)
+    one_process = value_and_grads(lambda f: objective(stacked(ranks(f)), 4.0).total, full)
+    assert_same(one_process, want)
+    global_pca = LongCLIPLoss(pca_components=k, pca_scope="global")(full, 4.0).total
+    assert not torch.allclose(global_pca, want[0], atol=1e-3)
+
+
+def test_per_rank_pca_without_before_gather_is_refused():
+    full = peer_features(4, 5, 2)
+    local = full.map(lambda x: x[:2])
+    with pytest.raises(ValueError, match="before_gather"):
+        LongCLIPLoss(pca_components=1)(local, 4.0, full, 0)
+    global_ = LongCLIPLoss(pca_components=1, pca_scope="global")
+    assert before_gather(global_, local) is local and before_gather(ClipLoss(), local) is local
+
+
+def test_synthetic_longclip_keeps_the_configured_share_of_components():
+    """The synthetic Long-CLIP (its objective built as `fit` builds it, on the 16-dim embedding of
+    the quick world's model) keeps round(16/16) = 1 principal component by default, the release's
+    share 32/512, so its coarse term is coarse; other shares and a fixed k keep what they say."""
+    world = World(WorldConfig(seed=1))
+    cfg = FitConfig(objective="longclip", steps=1, batch_size=64)
+    batch = training_batch(world, cfg, 0)
+    with torch.no_grad():
+        f = build_model(world, cfg)(batch.x, batch.t, None, batch.t_short)
+    assert f.u.shape[1] == cfg.embed_dim == 16
+    settings = {"weights": cfg.loss_weights, "sparsity": cfg.sparsity, "norm_floor": 1.0}
+    for extra, kept in (({}, 1), ({"pca_share": 0.25}, 4), ({"pca_components": 3}, 3)):
+        objective = build_objective("longclip", **settings, **extra)
+        coarse = objective.before_gather(f).u_coarse
+        assert torch.linalg.matrix_rank(coarse - coarse.mean(0)) == kept
+        want = naive_pca(F.normalize(f.u.double(), dim=-1), kept)
+        assert torch.allclose(coarse.double(), want, atol=1e-4)
+    for dim, kept in ((512, 32), (768, 48), (16, 1), (4, 1)):
+        assert LongCLIPLoss().components(dim) == kept
 
 
 def test_mask_health_counts_dimensions_that_follow_the_caption():
@@ -506,9 +599,10 @@ def test_build_objective_passes_each_class_its_own_settings():
     assert (long.pca_components, long.label_smoothing) == (4, 0.0)
     assert (long.fine_weight, long.coarse_weight) == (1.0, 1.0)
     default = build_objective("longclip")
-    assert (default.pca_components, default.label_smoothing) == (32, 0.1)
+    assert (default.pca_components, default.pca_share, default.pca_scope) == (None, 1 / 16, "rank")
+    assert default.label_smoothing == 0.1
     mul = build_objective("mulclip", **shared, sub_topk=3, word_weight=0.5)
-    assert (mul.sub_topk, mul.word_weight, mul.sub_weight) == (3, 0.5, 1.0)
+    assert (mul.sub_topk, mul.word_weight, mul.sub_weight, mul.short_weight) == (3, 0.5, 1.0, 1.0)
     assert (mul.attn_temperature, mul.word_temperature) == (0.1, 0.1)
     assert build_objective("mulclip").sub_topk == 16
 
@@ -523,6 +617,10 @@ def test_long_caption_objectives_name_what_they_miss_and_reject_bad_settings():
         assert field in cls.consumes and {"u", "t"} <= cls.consumes
     with pytest.raises(ValueError, match="pca_components"):
         LongCLIPLoss(pca_components=0)
+    with pytest.raises(ValueError, match="pca_share"):
+        LongCLIPLoss(pca_share=0.0)
+    with pytest.raises(ValueError, match="pca_scope"):
+        LongCLIPLoss(pca_scope="node")
     with pytest.raises(ValueError, match="label_smoothing"):
         LongCLIPLoss(label_smoothing=1.5)
     with pytest.raises(ValueError, match="temperatures"):

@@ -22,6 +22,7 @@ from smartclip.model import (
     load_weights,
     stretch_positional_embedding,
 )
+from smartclip.optim import param_groups
 
 CAPTIONS = [
     "a red circle",
@@ -263,3 +264,42 @@ def test_pooled_text_of_a_tower_without_causal_mask_keeps_the_full_context() -> 
         return clip.ln_final(clip.transformer(x))[0, end]
 
     assert not torch.allclose(end_state(20), end_state(248))
+
+
+def test_calibration_aggregates_patches_and_tokens_to_finelips_share() -> None:
+    """MulCLIP's features arrive calibrated: the tiny towers' 8 × 8 = 64 patches and the captions'
+    real tokens each aggregated into ⌊0.2 · 64⌋ = 12 tokens (all real), or into the share given;
+    the aggregates are convex combinations of the projected patches and token states."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, context_length=248, with_mask=False, with_calibration=True)
+    text = tokens()
+    out = model(images(), text)
+    assert out.patches.shape == out.tokens.shape == (3, 12, 64)
+    assert out.token_mask.shape == (3, 12) and bool(out.token_mask.all())
+    _, patches = model._image_and_patches(images())
+    low, high = patches.min(1, keepdim=True).values, patches.max(1, keepdim=True).values
+    assert ((out.patches >= low - 1e-5) & (out.patches <= high + 1e-5)).all()
+    wide = build_model(TINY_MODEL, with_mask=False, with_calibration=True, calibration_share=0.5)
+    assert wide(images(), text).tokens.shape == (3, 32, 64)
+    assert build_model(TINY_MODEL, with_mask=False).calibration is None
+
+
+def test_the_logit_scale_is_fixed_or_learned_from_its_start() -> None:
+    """Fixed (SmartCLIP's release): the configured float, no gradient. Learned (Long-CLIP's):
+    s = exp(log s) from the configured start, a parameter the loss's gradient reaches."""
+    fixed = build_model(TINY_MODEL, with_mask=False, logit_scale=10.0)
+    assert fixed.logit_scale == 10.0 and isinstance(fixed.logit_scale, float)
+    assert not fixed.clip.logit_scale.requires_grad
+    learned = build_model(TINY_MODEL, with_mask=False, logit_scale=100.0, learn_logit_scale=True)
+    scale = learned.logit_scale
+    assert scale.requires_grad and scale.item() == pytest.approx(100.0, rel=1e-6)
+    out = learned(images(), tokens())
+    logits = scale * F.normalize(out.u, dim=-1) @ out.t.T
+    F.cross_entropy(logits, torch.arange(3)).backward()
+    assert learned.clip.logit_scale.grad is not None and learned.clip.logit_scale.grad != 0
+    # trained as the release trains it: by the backbone's AdamW group, weight decay included
+    groups = {g["name"]: g for g in param_groups(learned, 1e-6, 0.01, 1e-3, 0.0)}
+    assert any(p is learned.clip.logit_scale for p in groups["backbone"]["params"])
+    assert groups["backbone"]["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="logit_scale"):
+        build_model(TINY_MODEL, with_mask=False, logit_scale=0.0)

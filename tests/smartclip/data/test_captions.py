@@ -10,13 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from smartclip.data import (
+    MAX_SENTENCES,
     LongCaptions,
     Record,
+    TextOptions,
     caption_overflows,
     count_long_captions,
     fit_caption,
     sample_sentence_prefix,
+    sentences,
 )
+from smartclip.data.captions import short_caption
 from tests.smartclip.data.helpers import byte_tokenizer
 
 
@@ -133,3 +137,47 @@ def test_count_long_captions_counts_all_or_a_seeded_sample() -> None:
         f"captions over the 12-token context: {sample.n_long} of a random 75 of 80 ({share})"
     )
     assert count_long_captions(records, byte_tokenizer, 12) is None
+
+
+@pytest.mark.parametrize(
+    ("caption", "release", "sentence"),
+    [
+        (
+            "The image shows a red circle. It sits above a blue square.",
+            "The image shows a red circle",
+            "The image shows a red circle.",
+        ),
+        ("Is it red? Yes. It is.", "Is it red? Yes", "Is it red?"),
+        ("A circle, e.g. a red one.\nMore.", "A circle, e.g", "A circle, e.g."),
+        ("Line one.\nLine two.", "Line one", "Line one."),
+        ("No full stop and a space here.", "No full stop and a space here.", None),
+        ("Dots...then more. End", "Dots...then more", "Dots...then more."),
+    ],
+)
+def test_the_short_caption_is_the_release_s_text_before_the_first_full_stop_and_space(
+    caption: str, release: str, sentence: str | None
+) -> None:
+    """Long-CLIP's `train/sharegpt4v.py`: caption.replace("\\n", " ").split(". ")[0] (no stop
+    kept, newlines count as spaces); the "sentence" rule is the first of `sentences`."""
+    assert short_caption(caption) == release
+    assert TextOptions().short(caption) == release
+    assert release == caption.replace("\n", " ").split(". ")[0]
+    assert short_caption(caption, "sentence") == (sentence or caption)
+    assert TextOptions(short_rule="sentence").short(caption) == (sentence or caption)
+    with pytest.raises(ValueError, match="short caption rule"):
+        short_caption(caption, "first")
+
+
+def test_sub_captions_are_the_first_max_sentences_sentences() -> None:
+    caption = " ".join(f"Sentence {i}." for i in range(11))
+    assert TextOptions().sub_captions(caption) == [f"Sentence {i}." for i in range(MAX_SENTENCES)]
+    assert TextOptions(max_sentences=3).sub_captions(caption) == [
+        "Sentence 0.",
+        "Sentence 1.",
+        "Sentence 2.",
+    ]
+    assert TextOptions(max_sentences=20).sub_captions(caption) == sentences(caption)
+    with pytest.raises(ValueError, match="max_sentences"):
+        TextOptions(max_sentences=0)
+    with pytest.raises(ValueError, match="short_rule"):
+        TextOptions(short_rule="first")
