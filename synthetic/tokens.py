@@ -23,23 +23,38 @@ Object p is the p-th from the left (row) or from the top (column); the caption n
 order, so word order carries the layout's arrangement, and a colour word binds to the shape word
 after it.
 
-The training support (what `sample` draws) makes binding and nouns redundant, which is what lets a
-pseudo-optimal encoder exist: shapes are distinct within a scene, every shape has its own palette
-of colours (palettes are disjoint, so a colour word determines its object's shape), and no object
-has a material (material words never occur in training captions). The composition operators
-(`apply_operator`) always leave this support:
+The training support (what `sample` draws) at ρ = 0 (`TokenWorldConfig.rho`) makes binding and
+nouns redundant, which is what lets a pseudo-optimal encoder exist:
 
-    SWAP^k     the colours of k + 1 objects permuted along a (k + 1)-cycle (k transpositions, each
-               moving the colour just moved): every moved colour sits on a foreign shape
-    REPLACE^k  the shapes of k objects replaced by distinct shapes absent from the scene: the
-               new shape's palette holds none of the scene's colours
-    ADD^k      a material (absent from every scene) given to k objects: a word training never uses
+    S_0 = {scene : n_objects objects, shapes pairwise distinct, colour_p ∈ palette(shape_p),
+           material_p = none}
 
-and `repair` (π) maps every operator output back to its original, while being the identity on the
-support: π drops material words, rebinds each shape to the caption's colour from that shape's
-palette, and where a shape's palette holds none of the caption's colours (a replaced noun) takes
-the shape from its own colour. g** = g* ∘ π therefore has exactly g*'s training loss and cannot
-tell any caption from its hard negatives.
+Every shape has its own palette of colours and palettes are disjoint, so a colour word determines
+its object's shape; material words never occur in training captions. With ρ > 0 a share ρ of the
+scenes draws its colours without repetition from all palettes (conditioned on at least one colour
+off its shape's palette), and the support grows to
+
+    S_ρ = {n_objects objects, distinct shapes, distinct colours, no materials}   (0 < ρ < 1;
+          at ρ = 1 without the scenes of S_0)
+
+The primitive composition operators (`apply_operator`; k applications act on distinct objects,
+drawn uniformly among `objects`, all by default):
+
+    SWAP^k     objects a_0, …, a_k:  colour'_{a_(i+1 mod k+1)} = colour_{a_i}   (a (k + 1)-cycle:
+               k transpositions, each moving the colour just moved)
+    REPLACE^k  objects p_1, …, p_k and distinct shapes s'_i ∉ shapes(scene):  shape'_{p_i} = s'_i
+    ADD^k      objects p_1, …, p_k:  material'_{p_i} ~ U{materials}
+
+On S_0 every output leaves the support: a moved colour sits on a foreign shape (palettes are
+disjoint), a replaced shape's palette holds none of the scene's colours, a material is a word
+training never uses. `repair` (π) maps every output back to its original while being the
+identity on S_0 (formula in its docstring), so g** = g* ∘ π has exactly g*'s training loss and
+cannot tell any caption from its hard negatives. For ρ > 0 the outputs of SWAP and REPLACE stay
+in S_ρ (shapes and colours stay distinct; at ρ = 1 unless they land in S_0): they are other
+support captions, which no π that is the identity on the support can repair, so g** stops
+existing, and `repair` itself rebinds the off-palette support captions (g* ∘ π loses g*'s loss).
+ADD leaves S_ρ for every ρ. Compositions of the primitives, in-vocabulary operators, the edit
+depth of a caption and the depth-d repair π_d are in `synthetic.token_operators`.
 """
 
 from __future__ import annotations
@@ -71,7 +86,11 @@ PAD = "<pad>"
 @dataclass(frozen=True)
 class TokenWorldConfig:
     """Sizes of the token world. Shape s has colours [s·palette_size, (s+1)·palette_size).
-    The scene code gives each object `shape_dim` + `color_dim` + 1 (material) entries."""
+    The scene code gives each object `shape_dim` + `color_dim` + 1 (material) entries. `rho` (ρ)
+    is the share of sampled scenes whose binding is not redundant: colours drawn without repetition
+    from all palettes, at least one off its shape's. ρ = 0 samples exactly as the world did before
+    ρ existed; for ρ > 0 no π that is the identity on the support can repair SWAP (nor REPLACE):
+    a swapped caption is another support caption, so g** stops existing (module docstring)."""
 
     n_objects: int = 4
     n_shapes: int = 8
@@ -85,8 +104,14 @@ class TokenWorldConfig:
     mixing_layers: int = 2
     max_cond: float = 25.0
     seed: int = 0
+    rho: float = field(
+        default=0.0,
+        metadata={"help": "share of scenes whose colours come from any palette (0: redundant)"},
+    )
 
     def __post_init__(self) -> None:
+        if not 0 <= self.rho <= 1:
+            raise ValueError(f"rho must lie in [0, 1], got {self.rho}")
         if not 2 <= self.n_objects <= self.n_shapes <= len(SHAPES):
             raise ValueError(f"need 2 <= n_objects <= n_shapes <= {len(SHAPES)}")
         if self.palette_size < 1 or self.n_shapes * self.palette_size > len(COLORS):
@@ -210,26 +235,42 @@ class TokenWorld:
         return range(shape * p, (shape + 1) * p)
 
     def on_support(self, scene: Scene) -> bool:
-        """Distinct shapes, each colour from its shape's palette, no materials."""
+        """scene ∈ S_ρ: n_objects objects, distinct shapes, no materials, and colours from their
+        shapes' palettes (ρ = 0), distinct (0 < ρ < 1), distinct and not all so (ρ = 1)."""
+        c = self.config
+        own = [self.shape_of(col) for col in scene.colors] == list(scene.shapes)
+        distinct = len(set(scene.colors)) == len(scene.colors)
         return (
-            len(set(scene.shapes)) == len(scene.shapes)
-            and all(self.shape_of(c) == s for s, c in zip(scene.shapes, scene.colors, strict=True))
+            len(scene.shapes) == c.n_objects
+            and len(set(scene.shapes)) == c.n_objects
             and all(m < 0 for m in scene.materials)
+            and (own if c.rho == 0 else distinct and not (c.rho == 1 and own))
         )
 
     def sample_scenes(self, n: int, gen: torch.Generator) -> list[Scene]:
         """n scenes of the training support: distinct shapes in random order, a uniform colour
-        from each shape's palette, no materials, a uniform layout and relation word."""
+        from each shape's palette, no materials, a uniform layout and relation word; then, for
+        ρ > 0, each scene with probability ρ redraws its colours uniformly without repetition
+        from all colours until one lies off its shape's palette (at ρ = 0 nothing more is drawn
+        from `gen`)."""
         c = self.config
         shapes = torch.rand(n, c.n_shapes, generator=gen).argsort(1)[:, : c.n_objects]
         pick = torch.randint(c.palette_size, (n, c.n_objects), generator=gen)
         layout = torch.randint(len(LAYOUTS), (n,), generator=gen)
         style = torch.randint(2, (n,), generator=gen)
+        colors = shapes * c.palette_size + pick
+        if c.rho > 0:
+            free = torch.rand(n, generator=gen) < c.rho
+            todo = free
+            while todo.any():
+                draw = torch.rand(int(todo.sum()), c.n_colors, generator=gen).argsort(1)
+                colors[todo] = draw[:, : c.n_objects]
+                todo = free & (colors // c.palette_size == shapes).all(1)
         plain = (-1,) * c.n_objects
         return [
             Scene(
                 tuple(shapes[i].tolist()),
-                tuple((shapes[i] * c.palette_size + pick[i]).tolist()),
+                tuple(colors[i].tolist()),
                 plain,
                 int(layout[i]),
                 int(style[i]),
@@ -263,37 +304,53 @@ class TokenWorld:
         """The words of one row of token ids, padding dropped."""
         return [self.vocab[i] for i in ids.tolist() if i]
 
-    def repair(self, words: Sequence[str]) -> list[str]:
-        """π: drop material words, rebind each shape to the caption's colour from that shape's
-        palette, and where a shape's palette holds none of the caption's colours take the shape
-        from its own colour. The identity on the support; maps every operator output back to
-        its original (see the module docstring)."""
-        colors = {COLORS.index(w) for w in words if w in COLORS}
-        out: list[str] = []
-        phrase: list[str] = []
-        for w in [*words, None]:
-            if w is None or w not in COLORS + SHAPES + MATERIALS:
-                if phrase:
-                    color = COLORS.index(next(p for p in phrase if p in COLORS))
-                    shape = SHAPES.index(next(p for p in phrase if p in SHAPES))
-                    own = [col for col in self.palette(shape) if col in colors]
-                    if own:
-                        color = own[0]
-                    else:
-                        shape = self.shape_of(color)
-                    out += [COLORS[color], SHAPES[shape]]
-                    phrase = []
-                if w is not None:
-                    out.append(w)
+    def parse(self, words: Sequence[str]) -> Scene:
+        """The scene a caption describes (the inverse of `caption`): one object per phrase
+        (colour, material if any, shape), layout and style from the first relation word."""
+        objects: list[list[str]] = [[]]
+        relation = None
+        for w in words:
+            if w in COLORS + SHAPES + MATERIALS:
+                objects[-1].append(w)
             else:
-                phrase.append(w)
-        return out
+                relation = relation or w
+                objects.append([])
+        if relation is None:
+            raise ValueError(f"a caption of one object has no layout: {list(words)}")
+        layout = next(i for i, name in enumerate(LAYOUTS) if relation in RELATION_WORDS[name])
+        return Scene(
+            tuple(SHAPES.index(next(w for w in o if w in SHAPES)) for o in objects),
+            tuple(COLORS.index(next(w for w in o if w in COLORS)) for o in objects),
+            tuple(next((MATERIALS.index(w) for w in o if w in MATERIALS), -1) for o in objects),
+            layout,
+            RELATION_WORDS[LAYOUTS[layout]].index(relation),
+        )
+
+    def repair(self, words: Sequence[str]) -> list[str]:
+        """π: with C the caption's colours, object (colour c, material, shape s) becomes
+        (min(palette(s) ∩ C), s) when that set is not empty, else (c, shape_of(c)), and loses
+        its material. The identity on S_0; maps every operator output (and every composition of
+        `synthetic.token_operators`) back to its original (see the module docstring)."""
+        scene = self.parse(words)
+        present = set(scene.colors)
+        shapes, colors = [], []
+        for s, col in zip(scene.shapes, scene.colors, strict=True):
+            own = [o for o in self.palette(s) if o in present]
+            shapes.append(s if own else self.shape_of(col))
+            colors.append(own[0] if own else col)
+        plain = (-1,) * len(shapes)
+        return self.caption(
+            replace(scene, shapes=tuple(shapes), colors=tuple(colors), materials=plain)
+        )
 
     # ------------------------------------------------------------------------- generators
 
     def code(self, scenes: Sequence[Scene]) -> torch.Tensor:
         """e(scene): per object (in layout order) the shape's, colour's and material's vectors
-        (`tables`; no material: 0), then the layout index."""
+        (`tables`; no material: 0), then the layout index. Only scenes of n_objects objects
+        have one (and so an image or a sentence vector)."""
+        if any(len(sc.shapes) != self.config.n_objects for sc in scenes):
+            raise ValueError(f"the scene code has {self.config.n_objects} object slots")
         t = self.tables
         shapes = torch.tensor([sc.shapes for sc in scenes])
         colors = torch.tensor([sc.colors for sc in scenes])
@@ -345,35 +402,41 @@ class TokenWorld:
     # -------------------------------------------------------------------------- operators
 
     def apply_operator(
-        self, scene: Scene, operator: str, k: int, gen: torch.Generator
+        self,
+        scene: Scene,
+        operator: str,
+        k: int,
+        gen: torch.Generator,
+        objects: Sequence[int] | None = None,
     ) -> tuple[Scene, tuple[str, ...]]:
-        """The scene with `operator` applied k times, and the latents it changed (named
-        "color{p}", "shape{p}", "material{p}" for object slot p). See the module docstring."""
+        """The scene with `operator` applied k times to objects drawn among `objects` (all by
+        default), and the latents it changed (named "color{p}", "shape{p}", "material{p}" for
+        object slot p). See the module docstring."""
         c = self.config
         if not 1 <= k <= c.max_k(operator):
             raise ValueError(f"{operator} admits k in 1..{c.max_k(operator)}, got {k}")
-        n = c.n_objects
+        among = list(range(c.n_objects) if objects is None else objects)
+        need = k + 1 if operator == "swap" else k
+        if need > len(among):
+            raise ValueError(f"{operator}^{k} needs {need} objects, {len(among)} are free")
+        chosen = [among[i] for i in torch.randperm(len(among), generator=gen)[:need].tolist()]
         if operator == "swap":
-            cycle = torch.randperm(n, generator=gen)[: k + 1].tolist()
             colors = list(scene.colors)
-            for a, b in zip(cycle, cycle[1:] + cycle[:1], strict=True):
+            for a, b in zip(chosen, chosen[1:] + chosen[:1], strict=True):
                 colors[b] = scene.colors[a]
-            return replace(scene, colors=tuple(colors)), tuple(f"color{p}" for p in sorted(cycle))
+            return replace(scene, colors=tuple(colors)), tuple(f"color{p}" for p in sorted(chosen))
+        slots = sorted(chosen)
         if operator == "replace":
-            slots = sorted(torch.randperm(n, generator=gen)[:k].tolist())
             absent = [s for s in range(c.n_shapes) if s not in scene.shapes]
             new = torch.randperm(len(absent), generator=gen)[:k].tolist()
             shapes = list(scene.shapes)
             for slot, i in zip(slots, new, strict=True):
                 shapes[slot] = absent[i]
             return replace(scene, shapes=tuple(shapes)), tuple(f"shape{p}" for p in slots)
-        if operator == "add":
-            slots = sorted(torch.randperm(n, generator=gen)[:k].tolist())
-            materials = list(scene.materials)
-            for slot in slots:
-                materials[slot] = int(torch.randint(c.n_materials, (1,), generator=gen))
-            return replace(scene, materials=tuple(materials)), tuple(f"material{p}" for p in slots)
-        raise ValueError(f"unknown operator {operator!r}; choose from {OPERATORS}")
+        materials = list(scene.materials)
+        for slot in slots:
+            materials[slot] = int(torch.randint(c.n_materials, (1,), generator=gen))
+        return replace(scene, materials=tuple(materials)), tuple(f"material{p}" for p in slots)
 
     def hard_negatives(
         self, scenes: Sequence[Scene], operators: Sequence[str], k: int, gen: torch.Generator

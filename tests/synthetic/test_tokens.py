@@ -1,8 +1,9 @@
-"""The token-level world: support, captions, composition operators and the repair map π."""
+"""The token-level world: support (ρ included), captions, primitive operators and the repair π."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from synthetic.tokens import (
     MATERIALS,
     OPERATORS,
     SHAPES,
+    Scene,
     TokenWorld,
     TokenWorldConfig,
 )
@@ -127,3 +129,138 @@ def test_operator_limits():
         WORLD.apply_operator(scenes[0], "swap", 4, torch.Generator())
     with pytest.raises(ValueError, match="n_objects"):
         TokenWorldConfig(n_objects=9)
+
+
+# ----------------------------------------------------------------------------- parse, objects
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=SEEDS, operator=st.sampled_from(OPERATORS), k=st.integers(1, 3), draw=SEEDS)
+def test_parse_inverts_the_caption_on_and_off_the_support(seed, operator, k, draw):
+    scene = scene_of(seed)
+    negative, _ = WORLD.apply_operator(scene, operator, k, torch.Generator().manual_seed(draw))
+    for s in (scene, negative):
+        assert WORLD.parse(WORLD.caption(s)) == s
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=SEEDS, operator=st.sampled_from(OPERATORS), draw=SEEDS, pair=st.integers(0, 5))
+def test_operators_touch_only_the_objects_they_are_given(seed, operator, draw, pair):
+    objects = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)][pair]
+    scene = scene_of(seed)
+    negative, changed = WORLD.apply_operator(
+        scene, operator, 1, torch.Generator().manual_seed(draw), objects
+    )
+    differ = {
+        p
+        for p in range(WORLD.config.n_objects)
+        if (scene.shapes[p], scene.colors[p], scene.materials[p])
+        != (negative.shapes[p], negative.colors[p], negative.materials[p])
+    }
+    assert differ == {int("".join(filter(str.isdigit, name))) for name in changed}
+    assert differ <= set(objects) and len(differ) == (2 if operator == "swap" else 1)
+    with pytest.raises(ValueError, match="needs 3 objects"):
+        WORLD.apply_operator(scene, "swap", 2, torch.Generator(), objects)
+
+
+def test_only_scenes_of_n_objects_have_a_code():
+    scene = scene_of(0)
+    longer = Scene((*scene.shapes, scene.shapes[0]), (*scene.colors, scene.colors[0]), (-1,) * 5, 0)
+    assert not WORLD.on_support(longer)  # four distinct shapes, but five objects
+    for wrong in (longer, replace(scene, shapes=scene.shapes[:3], colors=scene.colors[:3])):
+        with pytest.raises(ValueError, match="4 object slots"):
+            WORLD.code([wrong])
+
+
+# --------------------------------------------------------------------------------------- rho
+
+
+def todays_sample(world: TokenWorld, n: int, gen: torch.Generator) -> tuple[list[Scene], ...]:
+    """The scenes and nuisances `sample` drew before ρ existed, written out again."""
+    c = world.config
+    shapes = torch.rand(n, c.n_shapes, generator=gen).argsort(1)[:, : c.n_objects]
+    pick = torch.randint(c.palette_size, (n, c.n_objects), generator=gen)
+    layout = torch.randint(2, (n,), generator=gen)
+    style = torch.randint(2, (n,), generator=gen)
+    scenes = [
+        Scene(
+            tuple(shapes[i].tolist()),
+            tuple((shapes[i] * c.palette_size + pick[i]).tolist()),
+            (-1,) * c.n_objects,
+            int(layout[i]),
+            int(style[i]),
+        )
+        for i in range(n)
+    ]
+    s_img = torch.randn(n, c.img_nuisance_dim, generator=gen)
+    return scenes, s_img, torch.randn(n, c.txt_nuisance_dim, generator=gen)
+
+
+@pytest.mark.parametrize("view", ["tokens", "sentence"])
+def test_rho_zero_samples_bitwise_what_the_world_sampled_before(view):
+    world = TokenWorld(TokenWorldConfig(view=view, rho=0.0))
+    batch = world.sample(200, torch.Generator().manual_seed(11))
+    scenes, s_img, s_txt = todays_sample(world, 200, torch.Generator().manual_seed(11))
+    assert batch.scenes == scenes
+    assert torch.equal(batch.s_img, s_img) and torch.equal(batch.s_txt, s_txt)
+    assert torch.equal(batch.x, world.g_img(torch.cat([world.code(scenes), s_img], dim=1)))
+    if view == "tokens":
+        assert torch.equal(batch.t, world.token_ids([world.caption(s) for s in scenes]))
+    else:
+        assert torch.equal(batch.t, world.g_txt(torch.cat([world.code(scenes), s_txt], dim=1)))
+
+
+def own_palette(world: TokenWorld, scene: Scene) -> list[bool]:
+    p = world.config.palette_size
+    return [c // p == s for s, c in zip(scene.shapes, scene.colors, strict=True)]
+
+
+@pytest.mark.parametrize("rho", [0.3, 1.0])
+def test_a_share_rho_of_scenes_binds_colours_from_any_palette(rho):
+    n = 20_000
+    world = TokenWorld(TokenWorldConfig(rho=rho))
+    scenes = world.sample_scenes(n, torch.Generator().manual_seed(5))
+    redundant = WORLD.sample_scenes(n, torch.Generator().manual_seed(5))
+    off = [not all(own_palette(world, s)) for s in scenes]
+    share = sum(off) / n
+    assert abs(share - rho) <= 4 * (rho * (1 - rho) / n) ** 0.5
+    assert all(world.on_support(s) for s in scenes)
+    assert all(len(set(s.colors)) == len(s.colors) for s in scenes)
+    assert all(world.on_support(s) == (rho < 1) for s in redundant[:50])  # S_0 ⊂ S_ρ iff ρ < 1
+    # shapes, layout and style are those of ρ = 0; a scene on its palettes keeps its colours
+    for s, r, o in zip(scenes, redundant, off, strict=True):
+        assert (s.shapes, s.layout, s.style) == (r.shapes, r.layout, r.style)
+        assert o or s.colors == r.colors
+    # the redrawn colours are uniform without repetition, given one off the palette: the mean
+    # number of objects on their own palette, from the count of all injective assignments
+    c = world.config
+    k, total = c.n_objects, c.n_colors
+    p_all = 1.0
+    for i in range(k):
+        p_all *= c.palette_size / (total - i)
+    expected = (k * c.palette_size / total - k * p_all) / (1 - p_all)
+    unbound = [s for s, o in zip(scenes, off, strict=True) if o]
+    counts = torch.tensor([sum(own_palette(world, s)) for s in unbound]).float()
+    assert abs(counts.mean() - expected) <= 4 * counts.std() / len(counts) ** 0.5
+    assert {c for s in unbound for c in s.colors} == set(range(total))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=SEEDS, k=st.integers(1, 3), draw=SEEDS)
+def test_for_positive_rho_swap_and_replace_outputs_are_other_support_captions(seed, k, draw):
+    """So a π that is the identity on the support leaves them as they are: it cannot repair
+    them, and g** does not exist. ADD still leaves the support; `repair` rebinds."""
+    world = TokenWorld(TokenWorldConfig(rho=0.5))
+    scene = world.sample_scenes(1, torch.Generator().manual_seed(seed))[0]
+    for operator in OPERATORS:
+        negative, _ = world.apply_operator(scene, operator, k, torch.Generator().manual_seed(draw))
+        assert world.caption(negative) != world.caption(scene)
+        assert world.on_support(negative) == (operator != "add")
+    if not all(own_palette(world, scene)):
+        assert world.repair(world.caption(scene)) != world.caption(scene)
+
+
+def test_rho_must_be_a_share():
+    for rho in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="rho"):
+            TokenWorldConfig(rho=rho)
