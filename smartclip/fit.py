@@ -25,10 +25,23 @@ from smartclip.optim import cosine_lr
 from smartclip.reproducible import CPU_PATHS, check
 from smartclip.runlog import RunLog
 from synthetic.seeding import seed_for, stream
+from synthetic.token_operators import COMPOSE, IN_VOCABULARY, negatives, parse_composition
 from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld
 from synthetic.worlds import Batch, World
 
 AnyWorld = World | TokenWorld
+
+
+def _is_operator_name(name: str) -> bool:
+    """Whether `name` names a composition of the primitives or an in-vocabulary operator
+    (`synthetic.token_operators`)."""
+    if name in IN_VOCABULARY:
+        return True
+    try:
+        parse_composition(name)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -96,11 +109,19 @@ class TrainSettings:
         require(self.sparsity in SPARSITY_FORMS, "sparsity", f"choose one of {SPARSITY_FORMS}")
         require(self.mask_norm_floor >= 0, "mask_norm_floor", "must be non-negative")
         require(self.text_encoder in TEXT_ENCODERS, "text_encoder", f"one of {TEXT_ENCODERS}")
-        unknown = set(self.hard_negatives) - set(OPERATORS)
+        unknown = [n for n in self.hard_negatives if not _is_operator_name(n)]
         require(
-            not unknown, "hard_negatives", f"unknown {sorted(unknown)}; choose from {OPERATORS}"
+            not unknown,
+            "hard_negatives",
+            f"unknown {unknown}; give primitives {OPERATORS}, compositions such as "
+            f"swap^2{COMPOSE}add, or in-vocabulary operators {IN_VOCABULARY}",
         )
         require(self.negative_k >= 1, "negative_k", "must be at least 1")
+        require(
+            self.negative_k == 1 or set(self.hard_negatives) <= set(OPERATORS),
+            "negative_k",
+            "applies bare primitives k times; write a composition's powers in its name",
+        )
         require(self.cpu_paths in CPU_PATHS, "cpu_paths", f"choose one of {', '.join(CPU_PATHS)}")
         clip = self.grad_clip_norm
         require(
@@ -151,18 +172,24 @@ def build_model(world: AnyWorld, cfg: FitConfig) -> SyntheticCLIP:
 
 def training_batch(world: AnyWorld, cfg: FitConfig, step: int) -> Batch | TokenBatch:
     """The batch of training step `step`: `cfg.batch_size` samples from stream (seed, "train",
-    step). With `cfg.hard_negatives`, every caption also gets one mined hard negative,
-    NegCLIP-style: an operator drawn uniformly from that list, applied `cfg.negative_k` times
-    (worlds with composition operators only)."""
+    step). With `cfg.hard_negatives` N, every caption also gets one mined hard negative,
+    NegCLIP-style: a name drawn uniformly from N and applied to the caption's scene
+    (`token_operators.negatives`), a bare primitive `cfg.negative_k` times (as primitive^k, which
+    draws what `TokenWorld.apply_operator` draws), a composition or an in-vocabulary operator as
+    named (worlds with composition operators only; the world must admit every name)."""
     gen = stream(cfg.seed, "train", step)
     batch = world.sample(cfg.batch_size, gen)
     if cfg.hard_negatives:
         if not isinstance(world, TokenWorld):
             raise ValueError("hard negatives need a world with composition operators")
         pick = torch.randint(len(cfg.hard_negatives), (cfg.batch_size,), generator=gen)
-        ops = [cfg.hard_negatives[i] for i in pick.tolist()]
-        negatives = world.hard_negatives(batch.scenes, ops, cfg.negative_k, gen)
-        batch.t_neg = world.negative_captions(batch, [[s] for s in negatives])
+        k = cfg.negative_k
+        names = [
+            f"{name}^{k}" if k > 1 else name
+            for name in (cfg.hard_negatives[i] for i in pick.tolist())
+        ]
+        mined = negatives(world, batch.scenes, names, gen)
+        batch.t_neg = world.negative_captions(batch, [[s] for s in mined])
     return batch
 
 

@@ -1,54 +1,68 @@
-"""The compositionality experiment: g** = g* ∘ π, the measurements, the sweep end to end."""
+"""The compositionality experiment: its mining regimes, run keys, flags, and the sweep end to end
+(the pseudo-optimal encoders themselves: tests/identifiability/test_pseudo_optimal.py)."""
 
 from __future__ import annotations
 
 import compositionality as comp
 import pandas as pd
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from smartclip.encoders import PrecomposedText
-from smartclip.fit import FitConfig, build_model
-from synthetic.tokens import OPERATORS, TokenWorld, TokenWorldConfig
+from synthetic.token_operators import IN_VOCABULARY, compositions
+from synthetic.tokens import OPERATORS, TokenWorldConfig
 
-WORLD = TokenWorld(TokenWorldConfig())
-G_STAR = build_model(WORLD, FitConfig(text_encoder="transformer", objective="clip")).eval()
-G_STAR_STAR = PrecomposedText(G_STAR, comp.repair_ids(WORLD))
+CONFIG = TokenWorldConfig()
 
 
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), operator=st.sampled_from(OPERATORS), k=st.integers(1, 3))
-def test_pseudo_optimal_encoder_is_invariant_to_every_operator(seed, operator, k):
-    """g**(negative) = g**(caption) exactly, while g* (any weights) tells them apart; on the
-    support g** and g* embed identically."""
-    batch = WORLD.sample(4, torch.Generator().manual_seed(seed))
-    gen = torch.Generator().manual_seed(seed + 1)
-    negatives = WORLD.hard_negatives(batch.scenes, [operator] * 4, k, gen)
-    t_neg = WORLD.negative_captions(batch, [[s] for s in negatives])[:, 0]
-    with torch.no_grad():
-        star, star_neg = G_STAR.encode_text(batch.t)[0], G_STAR.encode_text(t_neg)[0]
-        pseudo, pseudo_neg = G_STAR_STAR.encode_text(batch.t)[0], G_STAR_STAR.encode_text(t_neg)[0]
-    assert torch.equal(pseudo, star)
-    assert torch.equal(pseudo_neg, pseudo)
-    assert not torch.allclose(star_neg, star)
+def test_mining_regimes_and_evaluated_names():
+    assert comp.mined_names("none", CONFIG, 3) == ()
+    assert comp.mined_names("depth1", CONFIG, 3) == OPERATORS  # the runs mined before stay keyed
+    assert set(comp.mined_names("powers", CONFIG, 3)) == {
+        "swap", "swap^2", "swap^3", "replace", "replace^2", "replace^3", "add", "add^2", "add^3"
+    }  # fmt: skip
+    every = {n for d in (1, 2, 3) for n in compositions(CONFIG, d)}
+    assert set(comp.mined_names("mixed", CONFIG, 3)) == every and len(every) == 19
+    assert set(comp.evaluated_names(CONFIG, 3)) == every | set(IN_VOCABULARY)
+    sentence = TokenWorldConfig(view="sentence")
+    assert "object_add" not in comp.evaluated_names(sentence, 3)
+    groups = {n: comp.group_of(n) for n in comp.evaluated_names(CONFIG, 3)}
+    assert groups["swap"] == "d1" and groups["add^3"] == "d3" and groups["swap∘add"] == "d2 mixed"
+    assert groups["swap∘replace∘add"] == "d3 mixed" and groups["object_add"] == "in-vocabulary"
 
 
-def test_share_right_counts_ties_half():
-    assert (
-        comp.share_right(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 1.0]))
-        == 0.5
-    )
-    assert comp.share_right(torch.tensor([3.0, 3.0]), torch.tensor([1.0, 2.0])) == 1.0
+def test_every_model_and_the_rho_sweep_get_a_job_keyed_by_what_changes_its_result():
+    cfg = comp.CompositionalityConfig(seeds=(0, 1), rhos=(0.5, 1.0))
+    jobs = comp.jobs(cfg)
+    assert len(jobs) == 2 * (len(comp.MODELS) + 2 * len(cfg.rho_models))
+    assert len({j.key for j in jobs}) == len({j.run_id for j in jobs}) == len(jobs)
+    by_key = {j.key: j for j in jobs}
+    rho_job = by_key["transformer-clip-seed1-rho0.5"]
+    assert rho_job.kwargs["world_config"].rho == 0.5
+    assert by_key["swapblind-clip-seed0"].kwargs["swap_blind"]
+    mined = by_key["transformer-clip+mixed-seed0"].kwargs["fit_config"].hard_negatives
+    assert len(mined) == 19
+    assert by_key["transformer-clip-seed0"].kwargs["track"] == (0, 250, 500, 750, 1000)
+    # reporting bounds change no run; a sweep setting changes only the runs it reaches
+    same = comp.jobs(comp.CompositionalityConfig(seeds=(0, 1), chance_margin=0.1, loss_margin=1))
+    assert {j.run_id for j in same} == {j.run_id for j in jobs}
+    other = {
+        j.key: j.run_id
+        for j in comp.jobs(comp.CompositionalityConfig(seeds=(0, 1), rhos=(0.25, 1.0)))
+    }
+    assert {k for k in other if other[k] != by_key.get(k, jobs[0]).run_id} == {
+        f"{m.replace('/', '-')}-seed{s}-rho0.25" for m in cfg.rho_models for s in (0, 1)
+    }
 
 
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
         (["--models", "gpt/clip"], "--models"),
+        (["--rho-models", "gpt/clip"], "--rho-models"),
         (["--n-objects", "3"], "--n-objects"),
         (["--seeds", "1,1"], "--seeds"),
+        (["--rhos", "0"], "--rhos"),
+        (["--negative-k", "2"], "--negative-k"),
+        (["--track-points", "1"], "--track-points"),
     ],
 )
 def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
@@ -56,26 +70,38 @@ def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
 
 
 @pytest.mark.slow
-def test_sweep_measures_every_model_and_g_star_star_sits_at_chance(tmp_path):
+def test_sweep_measures_every_part_and_the_pseudo_optimal_encoders_check_out(tmp_path):
     out = tmp_path / "comp"
     comp.main(
-        ["--models", "transformer/clip,bag/clip+mined", "--seeds", "0", "--steps", "40"]
-        + ["--batch-size", "64", "--n-eval", "200", "--workers", "1", "--out", str(out)]
+        ["--models", "transformer/clip+mined,swapblind/clip,sentence/clip", "--seeds", "0"]
+        + ["--steps", "30", "--batch-size", "48", "--n-eval", "200", "--n-probe", "50"]
+        + ["--rhos", "1", "--rho-models", "swapblind/clip", "--track-points", "3"]
+        + ["--max-depth", "2", "--n-check", "2", "--workers", "1", "--out", str(out)]
     )
-    results = pd.read_csv(out / "results.csv")
-    models = set(results.objective)
-    assert models == {"transformer/clip", "transformer/clip/g**", "bag/clip+mined"}
-    accuracy = results[results.quantity == "accuracy"]
-    assert len(accuracy) == 3 * len(OPERATORS) * len(comp.KS)
-    pseudo = accuracy[accuracy.objective == "transformer/clip/g**"]
-    assert (pseudo.value == 0.5).all()
-    infonce = results[results.quantity == "infonce"].set_index("objective").value
-    assert infonce["transformer/clip/g**"] == infonce["transformer/clip"]
-    r2 = results[results.quantity == "invariant_r2"]
-    assert set(r2.objective) == {"transformer/clip", "bag/clip+mined"} and set(r2.block) == {
-        "image",
-        "text",
-    }
+    r = pd.read_csv(out / "results.csv", dtype={"block": str, "subset": str})
+    models = {"transformer/clip+mined", "swapblind/clip", "sentence/clip"}
+    assert set(r.objective) == models | {m + "/g**" for m in models}
+    assert set(r.world) == {"tokens", "sentence", "tokens ρ=1"}
+    objective = r[r.quantity == "train_objective"].set_index(["world", "objective"]).value
+    for m in models:
+        world = "sentence" if m.startswith("sentence") else "tokens"
+        assert objective[(world, m + "/g**")] == objective[(world, m)]  # bit for bit
+    acc = r[(r.quantity == "accuracy") & (r.world == "tokens")]
+    mined = acc[acc.objective == "transformer/clip+mined/g**"].set_index("block").value
+    assert (mined[["swap^2", "swap∘replace", "replace∘add", "add^2"]] == 0.5).all()
+    star = acc[acc.objective == "transformer/clip+mined"].set_index("block").value
+    assert (
+        mined[["swap", "replace", "add", *IN_VOCABULARY]]
+        == star[["swap", "replace", "add", *IN_VOCABULARY]]
+    ).all()
+    blind = acc[acc.objective == "swapblind/clip"].set_index("block").value
+    assert blind["swap"] == blind["swap^2"] == 0.5
+    steps = set(r[r.quantity == "invariance"].subset.astype(int))
+    assert steps == {0, 15, 30}
+    assert "image_accuracy" not in set(r[r.block == "object_add"].quantity)
     summary = (out / "summary.md").read_text()
-    assert "transformer/clip/g**" in summary and "0.500 ± 0.000" in summary
-    assert (out / "accuracy.png").stat().st_size > 0
+    for heading in ("1. Pseudo-optimal", "2a-b.", "2c.", "Compounding under mining"):
+        assert heading in summary
+    assert "| check |" in summary and "| finding |" in summary
+    for figure in comp.FIGURES:
+        assert (out / figure).stat().st_size > 0

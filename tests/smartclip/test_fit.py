@@ -1,5 +1,6 @@
 """The synthetic fit: every purpose draws from its own stream, so held-out means disjoint;
-gradient clipping bounds what each update uses and is off by default."""
+gradient clipping bounds what each update uses and is off by default; mined hard negatives are
+what their names say."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from smartclip.fit import (
     training_batch,
 )
 from smartclip.losses import build_objective
+from synthetic.seeding import stream
+from synthetic.token_operators import edit_depths
+from synthetic.tokens import OPERATORS, TokenWorld, TokenWorldConfig
 from synthetic.worlds import World, WorldConfig
 
 SMALL = {"steps": 6, "batch_size": 64, "hidden": 32, "text_width": 16, "warmup": 2, "log_every": 1}
@@ -155,3 +159,57 @@ def test_the_clip_norm_flag_parses_and_a_bad_value_exits_with_one_line(capsys):
         "fit: error: --grad-clip-norm: must be positive and finite (or none for no clipping), "
         "got -2.0"
     ]
+
+
+# ------------------------------------------------------------------------------------- mining
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_mined_primitives_draw_what_apply_operator_drew(k):
+    """Bare primitives applied negative_k times: the same negatives, from the same stream, as
+    `TokenWorld.hard_negatives` (so runs mined before compositions existed are reproduced)."""
+    world = TokenWorld(TokenWorldConfig())
+    cfg = FitConfig(**SMALL, text_encoder="transformer", hard_negatives=OPERATORS, negative_k=k)
+    got = training_batch(world, cfg, 3)
+    gen = stream(cfg.seed, "train", 3)
+    batch = world.sample(cfg.batch_size, gen)
+    pick = torch.randint(len(OPERATORS), (cfg.batch_size,), generator=gen)
+    scenes = world.hard_negatives(batch.scenes, [OPERATORS[i] for i in pick.tolist()], k, gen)
+    assert torch.equal(got.t, batch.t)
+    assert torch.equal(got.t_neg, world.negative_captions(batch, [[s] for s in scenes]))
+
+
+def test_mined_compositions_and_in_vocabulary_operators_are_what_their_names_say():
+    world = TokenWorld(TokenWorldConfig())
+    names = ("swap^2∘add", "replace∘add^2", "object_swap")
+    cfg = FitConfig(**SMALL, text_encoder="transformer", hard_negatives=names)
+    batch = training_batch(world, cfg, 0)
+    seen = set()
+    for caption, negative in zip(batch.t, batch.t_neg[:, 0], strict=True):
+        words, neg = world.words(caption), world.words(negative)
+        depths = edit_depths(world, neg)
+        if depths == {"swap": 2, "replace": 0, "add": 1}:
+            seen.add(names[0])
+        elif depths == {"swap": 0, "replace": 1, "add": 2}:
+            seen.add(names[1])
+        else:  # object_swap: two object phrases trade places, all else kept
+            assert world.on_support(world.parse(neg)) and neg != words
+            assert sorted(neg) == sorted(words)
+            seen.add(names[2])
+        assert world.repair(neg) == (words if depths["swap"] + depths["add"] else neg)
+    assert seen == set(names)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"hard_negatives": ("bogus",)}, "--hard-negatives"),
+        ({"hard_negatives": ("swap^0",)}, "--hard-negatives"),
+        ({"hard_negatives": ("swap∘swap",)}, "--hard-negatives"),
+        ({"hard_negatives": ("swap^2",), "negative_k": 2}, "--negative-k"),
+        ({"hard_negatives": ("object_add",), "negative_k": 2}, "--negative-k"),
+    ],
+)
+def test_bad_mined_names_are_refused(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        FitConfig(**kwargs)
