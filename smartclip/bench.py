@@ -11,6 +11,9 @@ Analytic FLOPs (a multiply-add = 2 FLOPs; norms, activations and softmax not cou
   image tower:  patch embedding 2·P·(3p²)·W  + layers on N = P + 1  + projection 2·W·D
   text tower:   layers on N = context length + projection 2·W·D
   mask network: one layer on the text tokens + pooling score 2·N·W + projection 2·W·D
+  MulCLIP's calibration (`smartclip.calibration`): the P patch and L token states projected to
+  the joint space 2·P·W_image·D + 2·L·W_text·D, then each side aggregated into m = ⌊0.2 P⌋
+  tokens, for n tokens 2·n·D·h + 2·n·h·m + 2·m·n·D (W₁: D → h = ⌊0.2 D⌋, W₂: h → m, A X)
   training step = forward + backward = 3 × forward (every matmul's backward computes its weight
   gradient and its input gradient, each costing a forward), except the patch embedding, whose
   input (pixels) needs no gradient: 2 × its forward. The mask network's input is detached, but
@@ -34,6 +37,7 @@ import numpy as np
 import open_clip
 import torch
 
+from smartclip.calibration import CALIBRATION_SHARE, HIDDEN_SHARE, aggregated_tokens
 from smartclip.cli import parse_config, require
 from smartclip.data import MAX_SENTENCES, Batch
 from smartclip.distributed import resolve_device
@@ -150,24 +154,39 @@ def training_flops(
     return out
 
 
+def calibration_flops(
+    config: dict, context_length: int, share: float = CALIBRATION_SHARE
+) -> dict[str, float]:
+    """Forward FLOPs per pair of MulCLIP's local calibration (module docstring): "projection" of
+    the P patch and L token states into the joint space, and "aggregation" of each side into
+    m = `aggregated_tokens(P, share)` tokens by its `calibration.TokenAggregation`."""
+    v, t, d = config["vision_cfg"], config["text_cfg"], config["embed_dim"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    m, hidden = aggregated_tokens(patches, share), max(1, int(d * HIDDEN_SHARE))
+    projection = 2 * patches * v["width"] * d + 2 * context_length * t["width"] * d
+    aggregation = sum(
+        2 * n * d * hidden + 2 * n * hidden * m + 2 * m * n * d for n in (patches, context_length)
+    )
+    return {"projection": float(projection), "aggregation": float(aggregation)}
+
+
 def step_flops_per_sample(config: dict, context_length: int, objective: str, batch: int) -> float:
     """Training FLOPs per pair: `training_flops` of the towers (and mask network), plus 3 × the
     loss's B×B×D matmuls (2 per pair: CLIP's two similarity matrices, SmartCLIP's numerators and
     squared norms). Long-CLIP adds a text-tower pass for the short caption (and a second pair
     of similarity matrices); MulCLIP one for the short caption and one per sub-caption slot
-    (`MAX_SENTENCES`, all filled) and its two calibration layers (2·2·D² per token, on the patch
-    and text tokens); the peers' other loss terms (PCA, token reconstructions, sub-caption
-    pooling) are left out, under 1 % of a ViT-B/16 step."""
+    (`MAX_SENTENCES`, all filled: its worst case) and 3 × its calibration's forward
+    (`calibration_flops`; the states it reads carry gradients); the peers' other loss terms
+    (PCA, token reconstructions, sub-caption pooling) are left out, under 1 % of a ViT-B/16
+    step."""
     parts = training_flops(config, context_length, objective == "smartclip")
     loss = 3 * 2 * 2 * batch * config["embed_dim"]
     total = sum(parts.values()) + loss
     if objective == "longclip":
         total += parts["text"] + loss
     elif objective == "mulclip":
-        v = config["vision_cfg"]
-        tokens = (v["image_size"] // v["patch_size"]) ** 2 + context_length
         total += (1 + MAX_SENTENCES) * parts["text"] + loss / 2
-        total += 3 * 2 * 2 * 2 * tokens * config["embed_dim"] ** 2
+        total += 3 * sum(calibration_flops(config, context_length).values())
     return total
 
 

@@ -125,3 +125,48 @@ def test_flops_only_reports_the_analytic_ratio_without_running_a_step(tmp_path, 
 )
 def test_bad_flags_exit_with_one_line(argv, flag, one_line_error):
     one_line_error(bench.main, argv, flag)
+
+
+@pytest.mark.parametrize("context", [77, 248])
+def test_calibration_flops_match_counted_projections_and_aggregations(context):
+    """MulCLIP's calibration, counted on the tiny model: the patch and token states projected to
+    the joint space, then aggregated; forward, and forward + backward (3 ×) with inputs that
+    carry gradients, as the towers' states do in training."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, None, context, with_mask=False, with_calibration=True)
+    config = open_clip.get_model_config(TINY_MODEL)
+    v, t, d = config["vision_cfg"], config["text_cfg"], config["embed_dim"]
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    batch = 3
+    patch_states = torch.randn(batch, patches, v["width"], requires_grad=True)
+    token_states = torch.randn(batch, context, t["width"], requires_grad=True)
+    real = torch.arange(context)[None, :] < torch.tensor([[5], [context], [9]])
+
+    def forward():
+        joint = patch_states @ model.clip.visual.proj, model._project_tokens(token_states)
+        return model.calibration(*joint, real)
+
+    analytic = bench.calibration_flops(config, context)
+    with torch.no_grad():
+        assert counted(forward) / batch == pytest.approx(sum(analytic.values()), rel=1e-6)
+    assert model.calibration.tokens_out == 12  # ⌊0.2 · 64⌋ of the tiny towers' patches
+    hidden = int(0.2 * d)
+    by_hand = 2 * (patches + context) * (d * hidden + hidden * 12 + 12 * d)
+    assert analytic["aggregation"] == by_hand
+    trained = counted(lambda: sum(x.sum() for x in forward()).backward()) / batch
+    assert trained == pytest.approx(3 * sum(analytic.values()), rel=1e-6)
+
+
+def test_mulclip_step_adds_its_text_passes_and_calibration():
+    config = open_clip.get_model_config("ViT-B-16")
+    parts = bench.training_flops(config, 248, with_mask=False)
+    clip = bench.step_flops_per_sample(config, 248, "clip", 128)
+    mulclip = bench.step_flops_per_sample(config, 248, "mulclip", 128)
+    calibration = 3 * sum(bench.calibration_flops(config, 248).values())
+    loss = 3 * 2 * 2 * 128 * 512
+    assert mulclip - clip == pytest.approx((1 + 8) * parts["text"] + loss / 2 + calibration)
+    # ViT-B/16: 196 patches → 39 tokens; the calibration is under 1 % of the step
+    assert bench.calibration_flops(config, 248)["aggregation"] == pytest.approx(
+        2 * (196 + 248) * (512 * 102 + 102 * 39 + 39 * 512)
+    )
+    assert calibration < 0.01 * clip
