@@ -1,7 +1,7 @@
 """Token-level compositionality: CLIP identifies the invariant latent, yet composition is not
 identified; operator-mined hard negatives restore it (arXiv 2510.26302; our precise world and
 operators are in `synthetic.tokens` and `synthetic.token_operators`, the pseudo-optimal encoders
-and the per-operator measures in `identifiability.pseudo_optimal`).
+and the per-operator measures in `smartclip.pseudo_optimal`).
 
     python experiments/compositionality.py           # 10 models + 2 × 2 at ρ > 0, × 3 seeds
     python experiments/compositionality.py --quick   # 1 seed, short runs, every part
@@ -70,7 +70,11 @@ import torch
 import torch.nn.functional as F
 
 from identifiability.metrics import r2_scores
-from identifiability.pseudo_optimal import (
+from identifiability.verdicts import Decided, t_interval
+from smartclip.checkpoint import atomic_write_text
+from smartclip.cli import require
+from smartclip.fit import FitConfig, TrainSettings, build_model, fit, held_out_batch
+from smartclip.pseudo_optimal import (
     Negatives,
     SortedColourWorld,
     blind_to,
@@ -81,10 +85,6 @@ from identifiability.pseudo_optimal import (
     reader,
     training_objective,
 )
-from identifiability.verdicts import Decided, t_interval
-from smartclip.checkpoint import atomic_write_text
-from smartclip.cli import require
-from smartclip.fit import FitConfig, TrainSettings, build_model, fit, held_out_batch
 from sweep import Job, RunContext, begin, markdown_table, parse_experiment, run_sweep
 from synthetic.seeding import stream
 from synthetic.token_operators import IN_VOCABULARY, compositions, in_vocabulary

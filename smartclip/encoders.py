@@ -168,7 +168,7 @@ class PrecomposedText(nn.Module):
     """g ∘ m: the wrapped model g with every text it reads, mined hard negatives included, first
     mapped by m (`text_map`, on a batch of text inputs [n, ...]); the image tower and everything
     else are the wrapped model's. With m = π_N this is the pseudo-optimal encoder g**_N of a model
-    mined with the names N, with m = κ the SWAP-blind tower (`identifiability.pseudo_optimal`)."""
+    mined with the names N, with m = κ the SWAP-blind tower (`smartclip.pseudo_optimal`)."""
 
     def __init__(self, model: SyntheticCLIP, text_map: Callable[[torch.Tensor], torch.Tensor]):
         super().__init__()

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from smartclip.encoders import PrecomposedText, SyntheticCLIP
 from smartclip.fit import FitConfig, training_batch
 from smartclip.losses import build_objective
+from synthetic.mixing import InvertibleMLP
 from synthetic.token_operators import (
     IN_VOCABULARY,
     edit_depths,
@@ -72,6 +73,7 @@ from synthetic.tokens import COLORS, OPERATORS, Scene, TokenBatch, TokenWorld
 
 Profile = tuple[int, int, int]
 TextMap = Callable[[torch.Tensor], torch.Tensor]
+Render = Callable[[Sequence[Scene], torch.Tensor], torch.Tensor]
 
 
 def profile_of(name: str) -> Profile:
@@ -124,17 +126,21 @@ def decode_scenes(world: TokenWorld, code: torch.Tensor) -> list[Scene]:
     ]
 
 
-def repair_texts(world: TokenWorld, kept: frozenset[Profile]) -> TextMap:
-    """π_N on a batch of the world's text inputs: token ids row by row, or sentence vectors
-    through g_T⁻¹ (module docstring; rows π_N leaves are returned as they are)."""
+def repair_through(
+    world: TokenWorld,
+    generator: InvertibleMLP,
+    render: Render,
+    kept: frozenset[Profile] = frozenset(),
+) -> TextMap:
+    """π_N through an invertible generator on a batch of its outputs [n, dim]: (code, s̃) =
+    generator⁻¹(y) in float64, the scene read off the code, and the rows whose caption π_N
+    changes (`repair_outside`; π itself for `kept` = ∅) rendered again as render(π_N scene, s̃);
+    the other rows are returned as they are (bit for bit)."""
 
-    def on_ids(ids: torch.Tensor) -> torch.Tensor:
-        return world.token_ids([repair_outside(world, world.words(row), kept) for row in ids])
-
-    def on_vectors(t: torch.Tensor) -> torch.Tensor:
-        latent = world.g_txt.inverse(t.double())
-        s_txt = latent[:, world.code_dim :].to(t.dtype)
-        out = t.clone()
+    def apply(y: torch.Tensor) -> torch.Tensor:
+        latent = generator.inverse(y.double())
+        nuisance = latent[:, world.code_dim :].to(y.dtype)
+        out = y.clone()
         rows, scenes = [], []
         for i, scene in enumerate(decode_scenes(world, latent[:, : world.code_dim])):
             words = world.caption(scene)
@@ -143,10 +149,22 @@ def repair_texts(world: TokenWorld, kept: frozenset[Profile]) -> TextMap:
                 rows.append(i)
                 scenes.append(world.parse(repaired))
         if rows:
-            out[rows] = world.sentences(scenes, s_txt[rows])
+            out[rows] = render(scenes, nuisance[rows])
         return out
 
-    return on_ids if world.config.view == "tokens" else on_vectors
+    return apply
+
+
+def repair_texts(world: TokenWorld, kept: frozenset[Profile]) -> TextMap:
+    """π_N on a batch of the world's text inputs: token ids row by row, or sentence vectors
+    through g_T⁻¹ (`repair_through`; rows π_N leaves are returned as they are)."""
+
+    def on_ids(ids: torch.Tensor) -> torch.Tensor:
+        return world.token_ids([repair_outside(world, world.words(row), kept) for row in ids])
+
+    if world.config.view == "tokens":
+        return on_ids
+    return repair_through(world, world.g_txt, world.sentences, kept)
 
 
 def sorted_colour_ids(world: TokenWorld) -> TextMap:

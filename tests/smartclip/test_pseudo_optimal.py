@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identifiability.pseudo_optimal import (
+from smartclip.fit import FitConfig, build_model, fit, training_batch
+from smartclip.pseudo_optimal import (
     SortedColourWorld,
     blind_to,
     decode_scenes,
@@ -28,7 +29,6 @@ from identifiability.pseudo_optimal import (
     sorted_colour_ids,
     training_objective,
 )
-from smartclip.fit import FitConfig, build_model, fit, training_batch
 from synthetic.seeding import stream
 from synthetic.token_operators import (
     IN_VOCABULARY,
