@@ -19,7 +19,7 @@ import torch
 
 from smartclip.cli import require
 from smartclip.encoders import TEXT_ENCODERS, SyntheticCLIP
-from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, build_objective
+from smartclip.losses import OBJECTIVES, SPARSITY_FORMS, LossOutput, build_objective
 from smartclip.masknet import CollapseWatch
 from smartclip.optim import cosine_lr
 from smartclip.reproducible import CPU_PATHS, check
@@ -30,6 +30,7 @@ from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld
 from synthetic.worlds import Batch, World
 
 AnyWorld = World | TokenWorld
+Objective = Callable[..., LossOutput]
 
 
 def _is_operator_name(name: str) -> bool:
@@ -81,6 +82,13 @@ class TrainSettings:
             "as the release)"
         },
     )
+    pca_share: float = field(
+        default=1 / 16,
+        metadata={
+            "help": "longclip: principal components kept as a share of the embedding (the "
+            "release's 32 of 512; 1 of the default 16)"
+        },
+    )
     cpu_paths: str = field(
         default="avx2",
         metadata={
@@ -117,6 +125,7 @@ class TrainSettings:
             f"swap^2{COMPOSE}add, or in-vocabulary operators {IN_VOCABULARY}",
         )
         require(self.negative_k >= 1, "negative_k", "must be at least 1")
+        require(0 < self.pca_share <= 1, "pca_share", f"must lie in (0, 1], got {self.pca_share}")
         require(
             self.negative_k == 1 or set(self.hard_negatives) <= set(OPERATORS),
             "negative_k",
@@ -149,6 +158,18 @@ class FitConfig(TrainSettings):
             "objective",
             f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}",
         )
+
+
+def objective_for(cfg: FitConfig) -> Objective:
+    """The configured objective with the settings a synthetic run gives it (loss weights,
+    sparsity form, norm floor, Long-CLIP's share of principal components)."""
+    return build_objective(
+        cfg.objective,
+        weights=cfg.loss_weights,
+        sparsity=cfg.sparsity,
+        norm_floor=cfg.mask_norm_floor,
+        pca_share=cfg.pca_share,
+    )
 
 
 def build_model(world: AnyWorld, cfg: FitConfig) -> SyntheticCLIP:
@@ -227,12 +248,7 @@ def fit(
     a process that does not compute on `cfg.cpu_paths` (`smartclip.reproducible.check`)."""
     check(cfg.cpu_paths)
     model = build_model(world, cfg)
-    objective = build_objective(
-        cfg.objective,
-        weights=cfg.loss_weights,
-        sparsity=cfg.sparsity,
-        norm_floor=cfg.mask_norm_floor,
-    )
+    objective = objective_for(cfg)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, cfg.steps, cfg.warmup))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartclip.fit import FitConfig, build_model, training_batch
+from smartclip.fit import FitConfig, build_model, objective_for, training_batch
 from smartclip.losses import (
     ClipLoss,
     Features,
@@ -569,6 +569,10 @@ def test_synthetic_longclip_keeps_the_configured_share_of_components():
         assert torch.allclose(coarse.double(), want, atol=1e-4)
     for dim, kept in ((512, 32), (768, 48), (16, 1), (4, 1)):
         assert LongCLIPLoss().components(dim) == kept
+    for share, kept in ((1 / 16, 1), (0.25, 4), (1.0, 16)):  # the flag a synthetic run sets
+        objective = objective_for(FitConfig(objective="longclip", pca_share=share))
+        coarse = objective.before_gather(f).u_coarse
+        assert torch.linalg.matrix_rank(coarse - coarse.mean(0)) == kept
 
 
 def test_mask_health_counts_dimensions_that_follow_the_caption():
