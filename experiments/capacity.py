@@ -108,7 +108,7 @@ class CapacityConfig(TrainSettings):
     )
     width_offsets: tuple[int, ...] = field(
         default=(-1, 0, 1),
-        metadata={"help": "widths d + o, d the described dims (negative: --width-offsets=-1,0)"},
+        metadata={"help": "widths d + o, d the described dims"},
     )
     width_factors: tuple[float, ...] = field(
         default=(1.5, 2.0), metadata={"help": "widths ⌈f·d⌉, d the described dims"}

@@ -282,7 +282,7 @@ class CompositionalityConfig(TrainSettings):
         default=(-1.0, -0.5, 0.0, 0.5, 1.0),
         metadata={
             "help": "λ of the gap sweep: image embeddings shifted by λ · mean‖f(x)‖ toward the "
-            "text cone (write --gap-shifts=-1,0,1 for negative values)"
+            "text cone"
         },
     )
     gap_logit_scales: tuple[float, ...] = field(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -161,15 +163,33 @@ def config_from_args(
     return cls(**values)
 
 
+NEGATIVE_VALUE = re.compile(r"-\d")
+
+
+def _attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """argv with every "--flag -1,..." written "--flag=-1,..." (a flag without "=" followed by a
+    token that starts with "-" and a digit)."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if NEGATIVE_VALUE.match(token) and previous.startswith("--") and "=" not in previous:
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def parse_config(
     cls: type[C],
     argv: Sequence[str] | None = None,
     presets: Mapping[str, Mapping[str, Any]] | None = None,
     **parser_kwargs: Any,
 ) -> C:
-    """Parse argv into a validated `cls`; on any bad value print one line and exit 2."""
+    """Parse argv into a validated `cls`; on any bad value print one line and exit 2. A value
+    that starts with a minus sign and a digit ("--width-offsets -1,0,1") is read as the value of
+    the flag before it (argparse alone takes "-1,0,1" for a flag)."""
     parser = build_parser(cls, presets, **parser_kwargs)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         return config_from_args(cls, args, presets)
     except ValueError as err:  # ConfigError names its flag; other ValueErrors come from a field

@@ -24,12 +24,13 @@ from smartclip.masknet import CollapseWatch
 from smartclip.optim import cosine_lr
 from smartclip.reproducible import CPU_PATHS, check
 from smartclip.runlog import RunLog
+from synthetic.continuous_tokens import ContinuousTokenWorld
 from synthetic.seeding import seed_for, stream
 from synthetic.token_operators import COMPOSE, IN_VOCABULARY, negatives, parse_composition
 from synthetic.tokens import OPERATORS, TokenBatch, TokenWorld
 from synthetic.worlds import Batch, World
 
-AnyWorld = World | TokenWorld
+AnyWorld = World | TokenWorld | ContinuousTokenWorld
 Objective = Callable[..., LossOutput]
 
 

@@ -45,6 +45,18 @@ def test_every_field_is_a_flag_with_typed_values():
     assert parse_config(Demo, ["--cap", "none"]).cap is None
 
 
+def test_negative_values_follow_their_flag_with_or_without_equals():
+    """argparse alone reads "-1,0,2" as an unknown flag; a list or number starting with a minus
+    sign is the value of the flag before it."""
+    cfg = parse_config(Demo, ["--dims", "-1,0,2", "--lr", "-0.5", "--flag"])
+    assert cfg.dims == (-1, 0, 2) and cfg.lr == -0.5 and cfg.flag
+    assert parse_config(Demo, ["--dims=-3", "--groups", "-1;2"]).groups == ((-1,), (2,))
+
+
+def test_a_negative_value_still_meets_validation(one_line_error):
+    one_line_error(lambda argv: parse_config(Demo, argv), ["--steps", "-5"], "--steps")
+
+
 def test_preset_then_flags_override():
     assert parse_config(Demo, ["--preset", "long"], PRESETS) == Demo(steps=100, flag=True)
     assert parse_config(Demo, ["--preset", "long", "--no-flag"], PRESETS) == Demo(100, flag=False)
