@@ -22,9 +22,10 @@ import torch
 from synthetic_recovery import RecoveryConfig, block_targets
 
 from identifiability.metrics import r2_scores
+from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, fit, held_out_batch
-from sweep import Job, RunContext, begin, run_sweep
+from sweep import Job, RunContext, begin, markdown_table, run_sweep
 from synthetic.worlds import World
 
 THRESHOLDS = (0.9, 0.95)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for o in cfg.objectives
     ]
-    begin(out, {"config": cfg}, jobs, derived=("results.csv", "convergence.png"))
+    begin(out, {"config": cfg}, jobs, derived=("results.csv", "convergence.png", "summary.md"))
     frames = run_sweep(jobs, out, cfg.workers, desc="benchmark", columns=None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for objective, g in frames.groupby("objective"):
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(out / "convergence.png", dpi=120)
-    print(first_reached(frames).to_string(index=False))
+    table = first_reached(frames)
+    atomic_write_text(out / "summary.md", markdown_table(table))
+    print(table.to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,5 @@ def test_script_traces_both_objectives(tmp_path):
         ("smartclip", [20, 40]),
     ]
     assert (frame.seconds > 0).all() and (out / "convergence.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text().splitlines()
+    assert summary[0].startswith("| objective | threshold | steps | seconds |")
