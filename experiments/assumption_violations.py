@@ -38,7 +38,7 @@ from identifiability.conditions import (
     decide_prediction,
     predict,
 )
-from identifiability.verdicts import HELD, MIN_SEEDS, NOT_HELD, UNDECIDED
+from identifiability.verdicts import HELD, MIN_SEEDS, NOT_HELD, UNDECIDED, overall
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import require
 from smartclip.fit import FitConfig, TrainSettings
@@ -187,12 +187,9 @@ def row_summary(
     unsure = sorted((d for d in claims if d.verdict == UNDECIDED), key=_miss)
     broken = sorted((d for d in void if d.verdict == NOT_HELD), key=_miss, reverse=True)
     new = [d for d in broken if baseline is None or baseline.get(_key(d.expectation)) == HELD]
-    if seeds < MIN_SEEDS:
-        verdict = f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
-    else:
-        verdict = (
-            "no claim" if not claims else "NOT held" if wrong else "undecided" if unsure else "held"
-        )
+    verdict = overall((d.verdict for d in claims), seeds)
+    if seeds >= MIN_SEEDS:
+        verdict = verdict if claims else "no claim"
         if not p.guarantee:
             verdict += "; failure appeared" if new else "; no failure appeared"
     counts = Counter(d.verdict for d in claims)

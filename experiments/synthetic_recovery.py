@@ -48,7 +48,7 @@ from claims import claim_text, seed_values
 
 from identifiability.conditions import decide_prediction, predict
 from identifiability.metrics import mcc, r2, r2_scores
-from identifiability.verdicts import HELD, MIN_SEEDS, NOT_HELD, UNDECIDED
+from identifiability.verdicts import HELD, NOT_HELD, UNDECIDED, overall
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import parse_config, require
 from smartclip.fit import FitConfig, TrainSettings, fit, held_out_batch
@@ -450,11 +450,7 @@ def claims_table(cfg: RecoveryConfig, results: pd.DataFrame) -> pd.DataFrame:
         decisions = decide_prediction(prediction, seed_values(r))
         counts = Counter(d.verdict for d in decisions)
         wrong = [d for d in decisions if d.verdict in (NOT_HELD, UNDECIDED)]
-        seeds = r.seed.nunique()
-        if seeds < MIN_SEEDS:
-            verdict = f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
-        else:
-            verdict = "NOT held" if counts[NOT_HELD] else "undecided" if wrong else "held"
+        verdict = overall((d.verdict for d in decisions), r.seed.nunique())
         rows.append(
             {
                 "world": world,

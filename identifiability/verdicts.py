@@ -21,7 +21,7 @@ run never counts for or against a claim.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,16 @@ def decide(kind: str, bound: float, values: Sequence[float]) -> str:
     if kind == "low":
         return HELD if high <= bound else NOT_HELD if low > bound else UNDECIDED
     return HELD if high < bound else NOT_HELD if low >= bound else UNDECIDED
+
+
+def overall(verdicts: Iterable[str], seeds: int) -> str:
+    """A table row's verdict from its claims' verdicts: "<n> seed(s): no verdict" below
+    `MIN_SEEDS` seeds, else "NOT held" if any claim is not held, "undecided" if any is
+    undecided, "held" otherwise."""
+    if seeds < MIN_SEEDS:
+        return f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
+    found = set(verdicts)
+    return "NOT held" if NOT_HELD in found else "undecided" if UNDECIDED in found else "held"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from identifiability.verdicts import (
     UNDECIDED,
     Decided,
     decide,
+    overall,
     t_interval,
 )
 
@@ -61,3 +62,11 @@ def test_decided_text_states_interval_and_bound():
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="kind"):
         decide("about", 0.5, [0.5, 0.5, 0.5])
+
+
+def test_a_rows_verdict_is_its_worst_claims():
+    assert overall([HELD, UNDECIDED, NOT_HELD], 3) == "NOT held"
+    assert overall([HELD, UNDECIDED], 3) == "undecided"
+    assert overall([HELD, HELD], 5) == "held"
+    assert overall([NOT_HELD], 1) == "1 seed: no verdict"
+    assert overall([HELD], 2) == "2 seeds: no verdict"
