@@ -26,7 +26,26 @@ from smartclip.data.shards import _parse_sample, _read_shard, expand_shards
 logger = logging.getLogger(__name__)
 
 
-class ImageTextDataset(Dataset):
+class _SampleMaker:
+    """What both datasets share: how a record becomes a ``Sample`` (transform, tokenizer, caption
+    options), whether captions are drawn (``train``), the seed of those draws and the epoch that
+    ``set_epoch`` moves on."""
+
+    def __init__(
+        self, transform: Transform, tokenizer: Tokenizer, train: bool, seed: int, text: TextOptions
+    ) -> None:
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.train = train
+        self.seed = seed
+        self.text = text
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ImageTextDataset(_SampleMaker, Dataset):
     """Map-style ``Sample`` s over records; ``None`` where the image cannot be read.
 
     With ``train=True`` each item draws one of the record's captions and, if
@@ -46,16 +65,8 @@ class ImageTextDataset(Dataset):
         seed: int = 0,
         text: TextOptions = TextOptions(),  # noqa: B008 (a frozen dataclass)
     ) -> None:
+        super().__init__(transform, tokenizer, train, seed, text)
         self.records = records
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.train = train
-        self.seed = seed
-        self.text = text
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
@@ -66,7 +77,7 @@ class ImageTextDataset(Dataset):
         return _make_sample(record, self.transform, self.tokenizer, rng, self.text)
 
 
-class ShardDataset(IterableDataset):
+class ShardDataset(_SampleMaker, IterableDataset):
     """Iterable ``Sample`` s over webdataset shards; ``None`` for each bad sample or shard.
 
     Shards are read with the webdataset library (``_read_shard``: paths, ``pipe:`` and other
@@ -101,19 +112,11 @@ class ShardDataset(IterableDataset):
         self.urls = expand_shards(pattern) if isinstance(pattern, str) else list(pattern)
         if not self.urls:
             raise ValueError(f"no shards in {pattern!r}")
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.train = train
-        self.seed = seed
+        super().__init__(transform, tokenizer, train, seed, text)
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
-        self.text = text
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def shards_for(self, worker: int, num_workers: int) -> list[int]:
         """Indices into ``urls`` read by this rank's ``worker`` (of ``num_workers``) this epoch
