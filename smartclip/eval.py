@@ -22,7 +22,7 @@ error (`NonFiniteFeatures`), never a score. Each weights file is named in the re
 its run (`RUN` for RUN/export/…) or else by its file name.
 With no arguments it evaluates the latest no-argument training run (`python -m smartclip.train`:
 the tiny CLIP and SmartCLIP exports) on the held-out scenes, side by side (with their
-`hard_negatives.csv` when the scenes have one), and writes JSON.
+`hard_negatives.csv` when the scenes have one), and writes JSON and the table as markdown.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class EvalConfig:
     output: str = field(
         default=DEFAULT_OUTPUT,
         metadata={
-            "help": "JSON results file, relative to the current folder (the no-argument run "
-            "writes RUNS/eval_scenes.json)"
+            "help": "JSON results file, relative to the current folder, and beside it the "
+            "table as markdown (.md) (the no-argument run writes RUNS/eval_scenes.json)"
         },
     )
 
@@ -174,6 +174,11 @@ class EvalConfig:
         require(self.batch_size >= 1, "batch_size", "must be at least 1")
         require(self.threads is None or self.threads >= 1, "threads", "must be at least 1")
         require(self.precision in ("fp32", "amp", "amp_bf16"), "precision", "fp32/amp/amp_bf16")
+        require(
+            Path(self.output).suffix != ".md",
+            "output",
+            "the markdown table is written beside the JSON as OUTPUT with .md; name a .json file",
+        )
 
 
 def evaluate_hard_negatives(
@@ -402,14 +407,21 @@ def _cells(name: str, value: int | float | dict) -> Iterator[tuple[str, str]]:
         yield name, str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
-def print_table(results: list[dict]) -> None:
-    """One column per weights file (named by `column_names`), one row per metric."""
+def result_rows(results: list[dict]) -> tuple[list[str], dict[str, list[str]]]:
+    """The results as a table: column names (`column_names`) and, per metric, one printed cell
+    per weights file ("" where a file has no such metric)."""
     names = column_names([r["weights"] for r in results])
     rows: dict[str, list[str]] = {}
     for n, r in enumerate(results):
         for task in TASKS:
             for key, cell in _cells(task, r.get(task, {})):
                 rows.setdefault(key, [""] * len(results))[n] = cell
+    return names, rows
+
+
+def print_table(results: list[dict]) -> None:
+    """One column per weights file, one row per metric, aligned for a terminal."""
+    names, rows = result_rows(results)
     width = max(map(len, rows), default=10)
     columns = [max(12, len(name)) for name in names]
     print(" " * width + "  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, columns, strict=True)))
@@ -418,10 +430,18 @@ def print_table(results: list[dict]) -> None:
         print(f"{key:<{width}}  {line}")
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The same table as markdown: a `metric` column, then one column per weights file."""
+    names, rows = result_rows(results)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {key} | " + " | ".join(cells) + " |" for key, cells in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     """Parse `argv` (none: the no-argument demo), evaluate every weights file, print the table
-    and write the JSON to --output; errors end in one line, NaN embeddings with status 1 and no
-    JSON."""
+    and write the JSON to --output and the table beside it as markdown (OUTPUT with `.md`);
+    errors end in one line, NaN embeddings with status 1 and no JSON."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv:
         cfg = parse_config(EvalConfig, argv, prog=PROG, description=__doc__.split("\n")[0])
@@ -445,7 +465,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=1) + "\n")
-    print(f"written: {output.absolute()}")
+    table = output.with_suffix(".md")
+    table.write_text(markdown_table(results))
+    print(f"written: {output.absolute()} and {table.name} (the table as markdown)")
     return results
 
 

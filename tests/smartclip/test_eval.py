@@ -133,6 +133,14 @@ def test_eval_cli_on_generated_scenes_agrees_with_the_reference(tiny_weights, sc
     results = sc_eval.main([*args, "--output", str(out)])
     written = json.loads(out.read_text())["results"]
     assert written == json.loads(json.dumps(results))
+    table = out.with_suffix(".md").read_text().splitlines()  # the same numbers as markdown
+    assert table[0] == f"| metric | {sc_eval.weights_name(tiny_weights)} |"
+    cells = dict(line.strip("|").split(" | ") for line in table[2:])
+    assert cells[" retrieval.images"] == f"{results[0]['retrieval']['images']} "
+    r2 = results[0]["latent_r2"]
+    assert {k.removeprefix(" latent_r2.") for k in cells if "latent_r2." in k} == set(r2)
+    for name, value in r2.items():
+        assert float(cells[f" latent_r2.{name}"]) == pytest.approx(value, abs=5e-4)
     recall = results[0]["retrieval"]
     assert recall["images"] == len(val.images) and recall["captions"] > recall["images"]
     assert set(results[0]["latent_r2"]) == set(sc_eval.SCENE_ATTRIBUTES)
@@ -801,7 +809,11 @@ def test_threads_and_the_default_output_work_as_the_help_says(tiny_weights, caps
         sc_eval.main(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert (
-        f"current folder (the no-argument run writes RUNS/eval_scenes.json) (default: "
+        f"table as markdown (.md) (the no-argument run writes RUNS/eval_scenes.json) (default: "
         f"'{sc_eval.DEFAULT_OUTPUT}')" in help_text
     )
     assert "--threads" in help_text
+    with pytest.raises(SystemExit) as refused:  # the table would overwrite the JSON
+        sc_eval.main(["--pretrained", tiny_weights, "--output", "results.md"])
+    assert refused.value.code == 2
+    assert "name a .json file" in capsys.readouterr().err
