@@ -705,14 +705,19 @@ class Decision:
 def decide_prediction(prediction: Prediction, per_seed: Sequence[Values]) -> list[Decision]:
     """`check_prediction` on every seed's values, then each claim (kinds high, low, degraded)
     decided on its per-seed values: held, not held or undecided by the 95 % interval of the seed
-    mean, no verdict below `verdicts.MIN_SEEDS` seeds. Claims measured in only some seeds are
-    skipped (their seeds would not be comparable)."""
+    mean, no verdict below `verdicts.MIN_SEEDS` seeds. A claim that some seeds measure and others
+    do not (a collapsed mask gives a block no dimensions of its own, so that seed has no
+    `block_r2` for it) counts NaN for the others and is undecided, never dropped from the count;
+    a claim that no seed measures (no seed's mask gives the block dimensions) has nothing to
+    decide and is left out."""
     outcomes = [check_prediction(prediction, values) for values in per_seed]
     decisions = []
     for e in prediction.expectations:
         if e.kind == "none":
             continue
-        values = [o.value for seed in outcomes for o in seed if o.expectation is e]
-        if values and len(values) == len(per_seed):
+        values = [
+            next((o.value for o in seed if o.expectation is e), math.nan) for seed in outcomes
+        ]
+        if not all(math.isnan(v) for v in values):
             decisions.append(Decision(e, Decided(e.kind, e.bound, tuple(values))))
     return decisions

@@ -17,6 +17,7 @@ from identifiability.conditions import (
     check_prediction,
     correlation_floor,
     coverage_check,
+    decide_prediction,
     expected_cover_time,
     information_ceiling,
     jacobian_check,
@@ -465,3 +466,25 @@ def test_an_expectation_over_several_blocks_compares_their_dim_weighted_mean():
     (width,) = [o for o in check_prediction(p, values) if len(o.expectation.blocks) == 2]
     assert width.expectation.bound == pytest.approx(2 / 4 + 0.05)
     assert width.value == pytest.approx(0.45) and width.held is True
+
+
+def test_decide_prediction_counts_a_claim_some_seeds_miss_as_undecided():
+    """Three seeds measure preserve_r2 of both blocks well; block_r2 of block 0's dims is measured
+    by two seeds only (the third seed's mask gave block 0 no dims): that claim is undecided, not
+    dropped, while a claim no seed measures (block_r2 of block 1's dims) is left out."""
+    config = WorldConfig(block_dims=(1, 1), include_prob=(0.5, 0.5))
+    p = predict(config)
+    good = {("preserve_r2", 0, None): 0.95, ("preserve_r2", 1, None): 0.96}
+    with_dims = {**good, ("block_r2", 0, (0,)): 0.97}
+    decisions = decide_prediction(p, [with_dims, {**with_dims}, good])
+    by_claim = {
+        (d.expectation.quantity, d.expectation.blocks, d.expectation.subset): d for d in decisions
+    }
+    assert by_claim["preserve_r2", (0,), None].verdict == "held"
+    missed = by_claim["block_r2", (0,), (0,)]
+    assert missed.verdict == "undecided" and math.isnan(missed.decided.values[2])
+    assert ("block_r2", (1,), (1,)) not in by_claim
+    assert ("block_r2", (0,), (1,)) not in by_claim
+    # the same claims all measured: decided on their values
+    full = decide_prediction(p, [with_dims] * 3)
+    assert {d.verdict for d in full if d.expectation.quantity == "block_r2"} == {"held"}
