@@ -10,11 +10,11 @@ world inside Theorem 2's assumptions in `synthetic.continuous_tokens`, SugarCrep
                                                      # at ρ > 0 and the continuous world, × 3 seeds
     python experiments/compositionality.py --quick   # 1 seed, 7 models, short runs, every part
 
-Time on 2 cores, not measured without other load: `--quick` took 2 min 33 s beside another
-two-worker job; the default run is estimated at about 35 minutes, from per-step and evaluation
-timings of short runs on the same machine beside that job (wall times halved: the process had
-about half a core). R² of z_inv is read on `n_r2` = 1000 held-out samples, not all 2000: kernel
-ridge costs 3 to 4 times more at 2000, which would have added about 10 minutes.
+Time on 2 cores: the default run took 37 minutes (2,224 s; for about 1.5 of them a profiling
+process shared the cores); `--quick` 2 min 33 s beside another two-worker job. About half of a
+transformer run's time is evaluation, a third of that the kernel-ridge R² of z_inv; R² is read on
+`n_r2` = 1000 held-out samples, not all 2000: kernel ridge costs 3 to 4 times more at 2000,
+which would add about 10 minutes.
 
 Models (`MODELS`): caption view × text tower × objective × mined negatives N (one per caption,
 NegCLIP-style, a name drawn uniformly from N, `smartclip.fit.training_batch`):
@@ -88,7 +88,8 @@ summary.md (every number: mean ± half-width of the 95 % t-interval over seeds; 
 `identifiability.verdicts`, none below 3 seeds; checks of the construction labelled "check",
 results that could have gone either way "finding"):
   claim 1, finding: R² of z_inv in the continuous world against the steps; does it reach
-     `r2_target` from both sides, and at which step (its cost in seconds)
+     `r2_share` of the input's R² (the regression's ceiling) from both sides, and at which step
+     (its cost in seconds)
   claim 2, check: L(g**_N) = L(g*) on training batches, accuracy ½ on every composition outside
      N, g*'s accuracy elsewhere; findings: (a) does the SWAP-blind tower reach the order-aware
      tower's held-out loss at ρ = 0, (b) as ρ grows, does the order-aware tower's SWAP accuracy
@@ -312,8 +313,12 @@ class CompositionalityConfig(TrainSettings):
         default=0.02,
         metadata={"help": "'reaches a loss' means held-out InfoNCE within this (nats; our bound)"},
     )
-    r2_target: float = field(
-        default=0.9, metadata={"help": "'R² of z_inv reached' means R² ≥ this (our bound)"}
+    r2_share: float = field(
+        default=0.9,
+        metadata={
+            "help": "'z_inv recovered' means R² ≥ this share of the R² from the input itself "
+            "(x or t: the regression's ceiling at n_r2 samples; our bound)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -347,7 +352,7 @@ class CompositionalityConfig(TrainSettings):
         require(self.continuous_points >= 2, "continuous_points", "needs at least init and end")
         require(0 < self.chance_margin < 0.5, "chance_margin", "must lie in (0, 0.5)")
         require(self.loss_margin > 0, "loss_margin", "must be positive")
-        require(0 < self.r2_target <= 1, "r2_target", "must lie in (0, 1]")
+        require(0 < self.r2_share <= 1, "r2_share", "must lie in (0, 1]")
         try:
             config = self.world_config("tokens")
         except ValueError as err:
@@ -1261,11 +1266,15 @@ def continuous_table(
     results: pd.DataFrame, cfg: CompositionalityConfig
 ) -> tuple[pd.DataFrame, list, str]:
     """Claim 1 in the continuous world: per tracked step, R² of z_inv from u and from t (per seed
-    the mean over targets and the worst target), and the input's R² (the ceiling); the findings
-    "R² ≥ r2_target after the last step" (each side, mean and worst target); and a sentence on
-    the cost: the first tracked step after which the mean R² of both sides is held ≥ r2_target
-    by the seed rule (below 3 seeds: reached by the seed mean, no verdict), with the seconds of
-    training it took at the measured seconds per step."""
+    the mean over targets and the worst target), and the input's R² (the ceiling: x and t hold
+    z_inv exactly, so what kernel ridge recovers from them is what it can recover at n_r2
+    samples). The findings compare each side with its input, per seed: share = R²(z_inv | u) /
+    R²(z_inv | x) (and t against the caption's input), for the mean and for the worst target,
+    "share ≥ r2_share after the last step"; an absolute bar would test the estimator, not the
+    encoder, wherever the ceiling lies below it. And a sentence on the cost: the first tracked
+    step after which the mean share of both sides is held ≥ r2_share by the seed rule (below 3
+    seeds: reached by the seed mean, no verdict), with the seconds of training it took at the
+    measured seconds per step."""
     c = results[results.world == CONTINUOUS]
     r2 = select(c, quantity="z_inv_r2")
     if r2.empty:
@@ -1285,34 +1294,37 @@ def continuous_table(
 
     at = {int(step): per_side(f) for step, f in r2.groupby("step")}
     rows = {f"after {step} steps": cells(values) for step, values in at.items()}
-    rows["input (x, t): the ceiling"] = cells(per_side(select(c, quantity="input_r2")))
+    ceiling = per_side(select(c, quantity="input_r2"))
+    rows["input (x, t): the ceiling"] = cells(ceiling)
     table = pd.DataFrame(rows).T.rename_axis("R² of z_inv")
-    target, end = cfg.r2_target, max(at)
+    share, end = cfg.r2_share, max(at)
     claims = [
         decided(
-            f"R² of z_inv from {SIDES[side]} ≥ {target:g} after {end} steps ({kind} over targets)",
+            f"R² of z_inv from {SIDES[side]} ≥ {share:g} × the input's after {end} steps "
+            f"({kind} over targets; measured: the share)",
             "high",
-            target,
-            values,
+            share,
+            values / ceiling[(side, kind)],
             "finding",
         )
         for (side, kind), values in at[end].items()
     ]
     seeds = len(at[end][("image", "mean")])
 
-    def reached(values: pd.Series) -> bool:
+    def reached(step: int, side: str) -> bool:
+        values = at[step][(side, "mean")] / ceiling[(side, "mean")]
         if seeds < MIN_SEEDS:
-            return values.mean() >= target
-        return decide("high", target, tuple(values)) == HELD
+            return values.mean() >= share
+        return decide("high", share, tuple(values)) == HELD
 
-    first = next((s for s in at if all(reached(at[s][(side, "mean")]) for side in SIDES)), None)
+    first = next((s for s in at if all(reached(s, side) for side in SIDES)), None)
     seconds = per_seed(select(c, quantity="seconds_per_step")).mean()
     how = (
         "held"
         if seeds >= MIN_SEEDS
         else f"reached by the seed mean (no verdict below {MIN_SEEDS} seeds)"
     )
-    claim = f"R² ≥ {target:g} from both u and t (mean over targets)"
+    claim = f"R² ≥ {share:g} × the input's from both u and t (mean over targets)"
     pace = f"{seconds:.4f} s per training step (wall time on this machine)"
     if first is None:
         cost = f"{claim}: not {how} at any tracked step up to {end}; {pace}."
@@ -1516,7 +1528,7 @@ def plot_gap(points: pd.DataFrame, out: Path) -> None:
 def plot_continuous(results: pd.DataFrame, cfg: CompositionalityConfig, out: Path) -> None:
     """continuous.png: R² of z_inv (mean over targets) from u and from t against training steps
     in the continuous world, mean and 95 % t-interval over seeds; dotted: the input's R² (the
-    ceiling), dashed: r2_target."""
+    ceiling), dashed: r2_share × the ceiling."""
     import matplotlib.pyplot as plt
 
     c = results[results.world == CONTINUOUS]
@@ -1526,8 +1538,9 @@ def plot_continuous(results: pd.DataFrame, cfg: CompositionalityConfig, out: Pat
     for side, symbol in (("image", "u"), ("text", "t")):
         draw_lines(ax, select(r2, block=side), "step", f"from {symbol}")
         ceiling = per_seed(select(c, quantity="input_r2", block=side)).mean()
-        ax.axhline(ceiling, ls=":", lw=0.8, color=ax.lines[-1].get_color())
-    ax.axhline(cfg.r2_target, color="grey", ls="--", lw=0.8)
+        color = ax.lines[-1].get_color()
+        ax.axhline(ceiling, ls=":", lw=0.8, color=color)
+        ax.axhline(cfg.r2_share * ceiling, ls="--", lw=0.8, color=color)
     steps = sorted(set(r2.step))
     ax.set_xscale("symlog", linthresh=max(1, steps[1] if len(steps) > 1 else 1))
     ax.set_xticks(steps, [str(s) for s in steps], fontsize=7)

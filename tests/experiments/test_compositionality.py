@@ -99,7 +99,7 @@ def test_every_model_variant_and_world_gets_a_job_keyed_by_what_changes_its_resu
         return {k for k in other if other[k] != by_key.get(k, jobs[0]).run_id}
 
     # reporting bounds change no run; a sweep setting changes only the runs it reaches
-    assert changed(chance_margin=0.1, loss_margin=1, r2_target=0.5) == set()
+    assert changed(chance_margin=0.1, loss_margin=1, r2_share=0.5) == set()
     assert changed(rhos=(0.25, 1.0)) == {
         f"{m.replace('/', '-')}-seed{s}-rho0.25" for m in cfg.rho_models for s in (0, 1)
     }
@@ -206,7 +206,7 @@ def test_the_gap_sweep_reads_agreement_minus_chance_against_the_measured_gap():
 
 
 def test_the_continuous_world_summary_finds_the_first_step_that_holds_and_its_cost():
-    cfg = comp.CompositionalityConfig(r2_target=0.9)
+    cfg = comp.CompositionalityConfig(r2_share=0.9)
     records = []
     curve = {0: 0.3, 10: 0.85, 20: 0.95, 40: 0.97}  # every target, both sides, ± 0.01 per seed
     for seed in (0, 1, 2):
@@ -238,6 +238,17 @@ def test_the_continuous_world_summary_finds_the_first_step_that_holds_and_its_co
     _, claims, cost = comp.continuous_table(one_seed, cfg)
     assert {c["verdict"] for c in claims} == {"no verdict"}
     assert "reached by the seed mean" in cost and "after 20 of 40" in cost
+    # the bar is a share of the input's R²: under a ceiling of 0.8, an R² of 0.80 (below 0.9) is
+    # all that the regression recovers from the input itself (held), while under a ceiling of
+    # 0.99 an R² of 0.85 at step 10 is 0.86 of it (not held)
+    low_ceiling = results.assign(value=np.where(results.quantity == "input_r2", 0.8, results.value))
+    low_ceiling.loc[low_ceiling.quantity == "z_inv_r2", "value"] -= 0.15
+    _, claims, cost = comp.continuous_table(low_ceiling, cfg)
+    assert {c["verdict"] for c in claims} == {"held"}
+    assert "first held after 20 of 40" in cost
+    early = results[results.dim.isna() | (results.dim <= 10)]
+    _, claims, cost = comp.continuous_table(early, cfg)
+    assert {c["verdict"] for c in claims} == {"not held"} and "not held at any" in cost
 
 
 def test_the_image_side_table_never_shows_an_add_image_as_an_accuracy():
