@@ -108,7 +108,8 @@ results that could have gone either way "finding"):
      sweep
   the mapping of SugarCrepe's categories to our operators, with each operator's edit depth
 Writes OUT/results.csv, OUT/summary.md, OUT/accuracy.png, OUT/invariance.png, OUT/rho.png,
-OUT/gap.png (agreement − chance against the measured gap), OUT/continuous.png (claim 1's R²
+OUT/image_side.png (f* and f** on real negative images), OUT/gap.png (agreement − chance
+against the measured gap), OUT/continuous.png (claim 1's R²
 against steps) and OUT/config.json; resumes an interrupted OUT and reruns what a changed flag
 affects (`sweep`).
 """
@@ -1471,8 +1472,9 @@ def report(results: pd.DataFrame, cfg: CompositionalityConfig) -> str:
     return "\n".join(parts)
 
 
-def draw_lines(ax: object, frame: pd.DataFrame, x: str, label: str) -> None:
-    """One line: per x the seeds' mean with its 95 % t-interval as error bars."""
+def draw_lines(ax: object, frame: pd.DataFrame, x: str, label: str, **style: object) -> None:
+    """One line: per x the seeds' mean with its 95 % t-interval as error bars (`style`: more
+    arguments of `errorbar`, e.g. `ls`)."""
     per = frame.groupby([x, "seed"]).value.mean().groupby(x)
     points = {k: t_interval(v.to_numpy()) for k, v in per}
     xs = sorted(points)
@@ -1483,6 +1485,7 @@ def draw_lines(ax: object, frame: pd.DataFrame, x: str, label: str) -> None:
         marker="o",
         capsize=2,
         label=label,
+        **style,
     )
 
 
@@ -1559,9 +1562,9 @@ def plot(results: pd.DataFrame, cfg: CompositionalityConfig, out: Path) -> None:
     """accuracy.png: accuracy against depth, one panel per primitive (its powers) and one for the
     mixed compositions (their mean), one line per model at ρ = 0; invariance.png: the invariance
     index against training steps, one panel per tracked operator; rho.png: SWAP accuracy and
-    held-out InfoNCE against ρ for the ρ models; gap.png (`plot_gap`) and continuous.png
-    (`plot_continuous`) where their runs are in `results`. Mean and 95 % t-interval over seeds;
-    dashed: chance."""
+    held-out InfoNCE against ρ for the ρ models; image_side.png (`plot_image_side`), gap.png
+    (`plot_gap`) and continuous.png (`plot_continuous`) where their runs are in `results`. Mean
+    and 95 % t-interval over seeds; dashed: chance."""
     import matplotlib.pyplot as plt
 
     discrete = results[results.world != CONTINUOUS]
@@ -1621,6 +1624,7 @@ def plot(results: pd.DataFrame, cfg: CompositionalityConfig, out: Path) -> None:
     fig.savefig(out / "rho.png", dpi=120)
     plt.close(fig)
 
+    plot_image_side(base[base.world.map(rho_of) == 0], out)
     points = sweep_points(discrete)
     if not points.empty:
         plot_gap(points, out)
@@ -1628,7 +1632,48 @@ def plot(results: pd.DataFrame, cfg: CompositionalityConfig, out: Path) -> None:
         plot_continuous(results, cfg, out)
 
 
-FIGURES = ("accuracy.png", "invariance.png", "rho.png", "gap.png", "continuous.png")
+def plot_image_side(results: pd.DataFrame, out: Path) -> None:
+    """image_side.png, from the rows at ρ = 0: real_image_accuracy per depth group (pure ADD^k
+    left out: its images satisfy the caption), one panel per trained model, f* solid and its
+    f** = f* ∘ π_I dashed; mean and 95 % t-interval over seeds; dotted: chance."""
+    import matplotlib.pyplot as plt
+
+    acc = select(results, quantity="real_image_accuracy")
+    acc = acc[acc.subset.str.startswith("d") & ~acc.block.str.fullmatch(PURE_ADD)]
+    models = [m for m in trained(results) if m + "/f**" in set(acc.objective)]
+    if not models:
+        return
+    groups = sorted(set(acc.subset), key=lambda g: (int(g[1:].split()[0]), g))
+    acc = acc.assign(group=acc.subset.map(groups.index))
+    columns = min(5, len(models))
+    rows = -(-len(models) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(3.2 * columns, 3 * rows), sharey=True, squeeze=False
+    )
+    for ax, model in zip(axes.flat, models, strict=False):
+        for name, label, style in ((model, "f*", "-"), (model + "/f**", "f** = f* ∘ π_I", "--")):
+            draw_lines(ax, select(acc, objective=name), "group", label, ls=style)
+        ax.axhline(0.5, color="grey", ls=":", lw=0.8)
+        ax.set_title(model, fontsize=8)
+        ax.set_xticks(range(len(groups)), groups, fontsize=7, rotation=30)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(models) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("caption → image vs. operated image")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "image_side.png", dpi=120)
+    plt.close(fig)
+
+
+FIGURES = (
+    "accuracy.png",
+    "invariance.png",
+    "rho.png",
+    "image_side.png",
+    "gap.png",
+    "continuous.png",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
