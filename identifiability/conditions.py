@@ -709,15 +709,14 @@ def decide_prediction(prediction: Prediction, per_seed: Sequence[Values]) -> lis
     do not (a collapsed mask gives a block no dimensions of its own, so that seed has no
     `block_r2` for it) counts NaN for the others and is undecided, never dropped from the count;
     a claim that no seed measures (no seed's mask gives the block dimensions) has nothing to
-    decide and is left out."""
+    decide and is left out. A measured NaN (a broken embedding) is kept: undecided."""
     outcomes = [check_prediction(prediction, values) for values in per_seed]
     decisions = []
     for e in prediction.expectations:
         if e.kind == "none":
             continue
-        values = [
-            next((o.value for o in seed if o.expectation is e), math.nan) for seed in outcomes
-        ]
-        if not all(math.isnan(v) for v in values):
-            decisions.append(Decision(e, Decided(e.kind, e.bound, tuple(values))))
+        measured = [next((o.value for o in seed if o.expectation is e), None) for seed in outcomes]
+        if any(v is not None for v in measured):  # a NaN that was measured stays a NaN
+            values = tuple(math.nan if v is None else v for v in measured)
+            decisions.append(Decision(e, Decided(e.kind, e.bound, values)))
     return decisions

@@ -485,6 +485,14 @@ def test_decide_prediction_counts_a_claim_some_seeds_miss_as_undecided():
     assert missed.verdict == "undecided" and math.isnan(missed.decided.values[2])
     assert ("block_r2", (1,), (1,)) not in by_claim
     assert ("block_r2", (0,), (1,)) not in by_claim
+    # a value measured as NaN in every seed (a broken embedding) stays: undecided, not left out
+    broken = {**good, ("preserve_r2", 1, None): math.nan}
+    nan_claims = {
+        d.expectation.blocks: d.verdict
+        for d in decide_prediction(p, [broken] * 3)
+        if d.expectation.quantity == "preserve_r2"
+    }
+    assert nan_claims == {(0,): "held", (1,): "undecided"}
     # the same claims all measured: decided on their values
     full = decide_prediction(p, [with_dims] * 3)
     assert {d.verdict for d in full if d.expectation.quantity == "block_r2"} == {"held"}
