@@ -36,6 +36,7 @@ import logging
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -186,7 +187,9 @@ def train_step(run: Run) -> tuple[StepResult, dict[str, float], list[Batch]]:
     )  # fmt: skip
     stepped = optimizer_step(state.optimizer, state.scaler, result.losses, cfg.grad_clip_norm)
     lrs = {g["name"]: g["lr"] for g in state.optimizer.param_groups}  # this step's rates
-    state.scheduler.step()
+    with warnings.catch_warnings():  # the schedule follows the step count, skipped steps too
+        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+        state.scheduler.step()
     p = state.progress
     p["step"] += 1
     p["seen_images"] += result.rows + result.dropped
@@ -272,10 +275,10 @@ def finish(run: Run) -> None:
 
 def train(cfg: TrainConfig, run_dir: Path, resume: Path | None) -> Path:
     """Run training as configured into `run_dir` (resuming from `resume`); returns `run_dir`."""
-    with captured_warnings() as warnings:
+    with captured_warnings() as warning_log:
         run = set_up(cfg, run_dir, resume)
         if run.env.is_main:
-            warnings.open(run_dir / RUN_LOG)
+            warning_log.open(run_dir / RUN_LOG)
         step = run.state.progress["step"]
         pbar = tqdm(total=run.plan.total_steps, initial=step, disable=not run.env.is_main)
         with pbar, logging_redirect_tqdm():
