@@ -11,7 +11,7 @@ world inside Theorem 2's assumptions in `synthetic.continuous_tokens`, SugarCrep
     python experiments/compositionality.py --quick   # 1 seed, 7 models, short runs, every part
 
 Time on 2 cores: the default run took 37 minutes (2,224 s; for about 1.5 of them a profiling
-process shared the cores); `--quick` 2 min 33 s beside another two-worker job. About half of a
+process shared the cores); `--quick` 1 min 19 s on the idle cores. About half of a
 transformer run's time is evaluation, a third of that the kernel-ridge R² of z_inv; R² is read on
 `n_r2` = 1000 held-out samples, not all 2000: kernel ridge costs 3 to 4 times more at 2000,
 which would add about 10 minutes.
