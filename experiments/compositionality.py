@@ -120,7 +120,7 @@ import hashlib
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -221,6 +221,12 @@ def group_of(name: str) -> str:
         return "in-vocabulary"
     profile = profile_of(name)
     return f"d{sum(profile)}" + (" mixed" if sum(p > 0 for p in profile) > 1 else "")
+
+
+def group_order(groups: Iterable[str]) -> list[str]:
+    """Depth groups of `group_of` by depth, each power before its mixed compositions: d1, d2,
+    d2 mixed, d3, …"""
+    return sorted(set(groups), key=lambda g: (int(g[1:].split()[0]), g))
 
 
 def sugarcrepe_label(name: str) -> str:
@@ -984,7 +990,7 @@ def by_group(
     column = r.block.where(r.subset == "in-vocabulary", r.subset)
     per = r.assign(column=column).groupby(["objective", "column", "seed"]).value.mean()
     table = per.groupby(["objective", "column"]).apply(lambda v: cell(v, digits)).unstack("column")
-    groups = sorted((c for c in table.columns if c not in IN_VOCABULARY), key=lambda c: (c[:2], c))
+    groups = group_order(c for c in table.columns if c not in IN_VOCABULARY)
     order = groups + [c for c in IN_VOCABULARY if c in table.columns]
     rows = model_order(results, suffixes)
     return table.reindex(index=rows, columns=order).rename_axis("model")
@@ -1643,7 +1649,7 @@ def plot_image_side(results: pd.DataFrame, out: Path) -> None:
     models = [m for m in trained(results) if m + "/f**" in set(acc.objective)]
     if not models:
         return
-    groups = sorted(set(acc.subset), key=lambda g: (int(g[1:].split()[0]), g))
+    groups = group_order(acc.subset)
     acc = acc.assign(group=acc.subset.map(groups.index))
     columns = min(5, len(models))
     rows = -(-len(models) // columns)
