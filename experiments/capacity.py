@@ -1,7 +1,8 @@
 """Capacity: where P1 and P2 start to fail as the embedding narrows toward the described latents.
 
-    python experiments/capacity.py           # the full map (estimate below: about 3.2 h, 2 cores)
-    python experiments/capacity.py --quick   # 2 worlds × 2 widths, 1 seed, 300 steps (72 s)
+    python experiments/capacity.py --long-factor 0   # the committed map: 72 runs, 1 h 55 min
+    python experiments/capacity.py                   # + a longer run per undecided cell
+    python experiments/capacity.py --quick           # 2 worlds × 2 widths, 1 seed, 300 steps
 
 A cell is (world shape, embedding width D, sparsity weight λ); every cell trains SmartCLIP with the
 released loss (logit scale 100, weights 10/10/λ, mean|m|) for the same number of steps on every
@@ -9,23 +10,30 @@ seed and is measured by `synthetic_recovery.run_one` (through `sweep.run_sweep`:
 everything it receives, so an interrupted map resumes and a changed flag reruns what it changes).
 
 World shapes (`WORLD_SHAPES`, 2-dim image and text nuisances, 2-layer generators; the seed draws
-the world's generators as well as the model and data, as in synthetic_recovery): few-large 3 × 5
-dims, middle 5 × 3 (the world where, measured earlier at 10k steps with D = 16, one block fell to
-R² 0.82 while the others kept 0.98), many-small 8 × 2; middle-graded (5 × 3 with inclusion
-probabilities 0.3-0.7, on request) asks whether the rarest block is the one that fails.
+the world's generators as well as the model and data, as in synthetic_recovery): middle 5 × 3
+dims (the world where, measured earlier at 10k steps with D = 16, one block fell to R² 0.82 while
+the others kept 0.98) and many-small 8 × 2 by default; few-large 3 × 5 and middle-graded (5 × 3
+with inclusion probabilities 0.3-0.7: is the rarest block the one that fails?) on request
+(`--worlds`), left out of the default to keep the map near an hour and a half on 2 cores.
 Widths, from the described dims d = Σ_{k described} d_k (what `predict`'s "width" assumption needs):
 
-    D ∈ {d + o : o ∈ width_offsets} ∪ {⌈f·d⌉ : f ∈ width_factors}    default d−1, d, d+1, ⌈1.5d⌉, 2d
+    D ∈ {d + o : o ∈ width_offsets} ∪ {⌈f·d⌉ : f ∈ width_factors}    default d, d+1, ⌈1.5d⌉, 2d
+
+(below d the theorem's own width assumption fails and `predict` already voids its claims; add
+`--width-offsets -1 0 1` to map it). Sparsity weights 0 (the control: no sparsity term), the
+release's 2 and 4 (add 1 with `--sparsity-weights 0 1 2 4`).
 
 Per run (stage-1 runs: every seed at `steps`):
     worst preserve   min_k preserve_r2(z_k | u)                    P1: ≥ high (0.9)
-    worst in         min over subsets S, k ∈ S of R²(z_k | v_S)
+    worst in         min over subsets S, k ∈ S of R²(z_k | v_S)    P2: ≥ high
     worst out        max over subsets S, k ∉ S of R²(z_k | v_S)    P2: ≤ low (0.2)
     mask dims        how many dims block k's mask switches on (`mask_dims`), mean and min over k;
     shared dims      how many of them another block switches on too, mean over k
-A cell's claims "worst preserve ≥ high" and "worst out ≤ low" are decided on its seeds by the rule
-of `identifiability.verdicts` (held / not held / undecided by where the 95 % t-interval of the seed
-mean lies; fewer than 3 seeds: no verdict).
+A cell's claims "worst preserve ≥ high", "worst in ≥ high" and "worst out ≤ low" are decided on
+its seeds by the rule of `identifiability.verdicts` (held / not held / undecided by where the
+95 % t-interval of the seed mean lies; fewer than 3 seeds: no verdict). P1 is the first; P2, the
+mask keeping what its caption describes and nothing else (`predict`'s disentangle_in and _out
+claims), is the other two: not held if either is, held if both are, undecided otherwise.
 
 Borderline rule (stage 2): a cell whose verdict on either claim is undecided gets one longer run,
 the first seed trained for long_factor × steps (a new run with its own cosine schedule, not a
@@ -45,22 +53,14 @@ the suggested c of "near capacity: D < c·d"; the failing-block predictors) and 
 panel per world: width/d × sparsity weight, colour = worst preserve, markers = not held /
 undecided).
 
-Time, an estimate (the full map was not run; the quick preset took 72 s with another experiment
-on the cores): a SmartCLIP step at batch 512 takes about 31 ms when two runs share the 2 cores
-(307 s per 10k steps, the convergence benchmark of docs/synthetic_identifiability.md), and an
-evaluation about 1 s per kernel-ridge fit at n_eval
-2000 (a quick-world run of synthetic_recovery: about 6 minutes, 307 s of it training, for 52
-fits), with 4 + K + 3·min(max_subsets, #subsets) fits (one fewer where the subset of every block
-is evaluated): 27 / 33 / 36 for the three shapes at max_subsets 8 (≈ 32 s). The full map is 3
-worlds × 5 widths × 4 weights × 3 seeds = 180 runs of 3000 × 31 ms + 32 s ≈ 125 s on 2 workers:
-180 × 125 / 2 ≈ 11,300 s ≈ 3.2 h, plus ≈ 110 s of wall time per borderline cell (6000 steps;
-all 60 cells: 1.8 h). The earlier measurements used 10k and 20k steps; at 10k the map would take
-about 9.5 h, so the default is 3000 steps: the quick world's worst block passes 0.95 after 3000
-of 10k steps (the convergence benchmark), and a width that passes at 3000 steps but is borderline
-gets its 2× run. The block that failed at 10k fell further at 20k (0.82 → 0.66): a failure can
-grow with training, so the map at 3000 steps bounds the needed width from below; `--steps 10000
---worlds middle --sparsity-weights 2` repeats the earlier length on one slice (15 runs, about
-45 min, plus 20k-step runs for its borderline cells).
+Training length: 6000 steps per run. At 3000 steps (tried first) the middle world's worst block
+at 2d was 0.855-0.915 over three seeds, where 10k steps had given 0.982-0.986 at D = 32: a
+3000-step map would have read the budget as a width limit. The block that failed at D = 16
+after 10k steps fell further at 20k (0.82 → 0.66): a failure can grow with training, so a map at
+6000 steps bounds the needed width from below. Time, measured on the 2-core machine: the 72
+stage-1 runs took about 1 h 55 min (about 95 training steps a second over both workers, plus the
+evaluations; 14 minutes of it beside the test suite); the committed map's 12 undecided cells
+would add 12 runs of 12,000 steps (about 26 minutes). --quick: 72 s.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 from synthetic_recovery import tag_rows
 
-from identifiability.conditions import set_algebra
+from identifiability.conditions import described_dims
 from identifiability.verdicts import HELD, MIN_SEEDS, NO_VERDICT, NOT_HELD, UNDECIDED, decide
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import require
@@ -100,21 +100,21 @@ class CapacityConfig(TrainSettings):
     the embedding width (`--embed-dim` is not used) and the third loss weight (`--loss-weights`
     gives the first two)."""
 
-    steps: int = field(default=3000, metadata={"help": "training steps of every stage-1 run"})
+    steps: int = field(default=6000, metadata={"help": "training steps of every stage-1 run"})
     out: str = field(default="runs/capacity", metadata={"help": "output folder"})
     worlds: tuple[str, ...] = field(
-        default=("few-large", "middle", "many-small"),
+        default=("middle", "many-small"),
         metadata={"help": f"world shapes: {', '.join(WORLD_SHAPES)}"},
     )
     width_offsets: tuple[int, ...] = field(
-        default=(-1, 0, 1),
+        default=(0, 1),
         metadata={"help": "widths d + o, d the described dims"},
     )
     width_factors: tuple[float, ...] = field(
         default=(1.5, 2.0), metadata={"help": "widths ⌈f·d⌉, d the described dims"}
     )
     sparsity_weights: tuple[float, ...] = field(
-        default=(0.0, 1.0, 2.0, 4.0),
+        default=(0.0, 2.0, 4.0),
         metadata={"help": "weights of the sparsity term (the release's: 2)"},
     )
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds per cell"})
@@ -196,12 +196,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def described_dims(world: WorldConfig) -> int:
-    """d = Σ d_k over the blocks some caption describes (`predict`'s "width" assumption)."""
-    algebra = set_algebra(world.support(), world.n_blocks)
-    return sum(world.block_dims[b] for b in algebra.described)
-
-
 def job(cfg: CapacityConfig, world: str, width: int, weight: float, seed: int, steps: int) -> Job:
     """One run of a cell: width, sparsity weight and steps set in its FitConfig, and named in
     its key and its result rows."""
@@ -234,8 +228,11 @@ def job(cfg: CapacityConfig, world: str, width: int, weight: float, seed: int, s
 
 
 def jobs(cfg: CapacityConfig) -> list[Job]:
-    """Stage 1: every cell × seed at `steps`."""
-    return [job(cfg, *cell, seed, cfg.steps) for cell in cfg.cells() for seed in cfg.seeds]
+    """Stage 1: every cell × seed at `steps`, the release's sparsity weight (the loss weights'
+    third) first, so that a map cut short has the released loss's row whole."""
+    release = cfg.loss_weights[2]
+    cells = sorted(cfg.cells(), key=lambda cell: cell[2] != release)
+    return [job(cfg, *cell, seed, cfg.steps) for cell in cells for seed in cfg.seeds]
 
 
 def long_jobs(cfg: CapacityConfig, cells: list[tuple]) -> list[Job]:
@@ -265,8 +262,9 @@ def per_run(results: pd.DataFrame) -> pd.DataFrame:
 
 def cell_verdicts(cfg: CapacityConfig, runs: pd.DataFrame) -> pd.DataFrame:
     """Per cell (stage-1 runs), in the config's order: seeds, P1 = "worst_preserve ≥ high" and
-    P2 = "worst_out ≤ low" decided on the seeds (`identifiability.verdicts.decide`), and
-    borderline = either undecided (the rule that earns a cell its longer run)."""
+    P2 = "worst_in ≥ high" and "worst_out ≤ low", decided on the seeds
+    (`identifiability.verdicts.decide`; P2 by `_both`), and borderline = P1 or P2 undecided (the
+    rule that earns a cell its longer run)."""
     stage1 = runs.xs(cfg.steps, level="steps")
     rows = []
     for cell in cfg.cells():
@@ -274,12 +272,24 @@ def cell_verdicts(cfg: CapacityConfig, runs: pd.DataFrame) -> pd.DataFrame:
             continue
         seeds = stage1.loc[cell]
         p1 = decide("high", cfg.high, seeds.worst_preserve.tolist())
-        p2 = decide("low", cfg.low, seeds.worst_out.tolist())
+        p2 = _both(
+            decide("high", cfg.high, seeds.worst_in.tolist()),
+            decide("low", cfg.low, seeds.worst_out.tolist()),
+        )
         rows.append(
             dict(zip(CELL, cell, strict=True))
             | {"seeds": len(seeds), "P1": p1, "P2": p2, "borderline": UNDECIDED in (p1, p2)}
         )
     return pd.DataFrame(rows)
+
+
+def _both(first: str, second: str) -> str:
+    """Two claims' verdicts as one: not held if either is, held if both are, else undecided (no
+    verdict if neither has one)."""
+    found = {first, second}
+    if found == {NO_VERDICT}:
+        return NO_VERDICT
+    return NOT_HELD if NOT_HELD in found else HELD if found == {HELD} else UNDECIDED
 
 
 def borderline(cfg: CapacityConfig, runs: pd.DataFrame) -> list[tuple]:
@@ -396,7 +406,7 @@ def cell_table(cfg: CapacityConfig, results: pd.DataFrame) -> pd.DataFrame:
                 "fewest mask dims": interval(seeds.fewest_mask_dims),
                 "shared dims / block": interval(seeds.shared_dims),
                 f"P1: worst ≥ {cfg.high:g}": v.P1,
-                f"P2: out ≤ {cfg.low:g}": v.P2,
+                f"P2: in ≥ {cfg.high:g}, out ≤ {cfg.low:g}": v.P2,
                 "failing block (runs < bar)": _failing_text(by_cell.get(cell, pd.DataFrame())),
             }
             | (
@@ -542,7 +552,7 @@ def plot_phase(cfg: CapacityConfig, results: pd.DataFrame, path: Path) -> None:
         ax.set_title(f"{world}: blocks {WORLD_SHAPES[world]['block_dims']}", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03, label="worst block preserve R²")
     fig.suptitle(
-        f"red x: P1 (worst ≥ {cfg.high:g}) or P2 (out ≤ {cfg.low:g}) not held\n"
+        f"red x: P1 (worst ≥ {cfg.high:g}) or P2 (in ≥ {cfg.high:g}, out ≤ {cfg.low:g}) not held\n"
         "open circle: undecided (95 % interval over seeds)",
         fontsize=9,
     )

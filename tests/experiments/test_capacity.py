@@ -7,7 +7,7 @@ import pytest
 
 import sweep
 
-CFG = capacity.CapacityConfig(steps=100)
+CFG = capacity.CapacityConfig(steps=100, width_offsets=(-1, 0, 1))
 
 
 def run_rows(
@@ -20,10 +20,11 @@ def run_rows(
     mask_dims: tuple[int, ...] | None = None,
     shared: tuple[int, ...] | None = None,
     steps: int = 100,
+    inside: float = 0.95,
 ) -> list[dict]:
     """The result rows of one hypothetical run, written by hand: preserve_r2 per block z0, z1, …;
-    disentangle_out_r2 over subsets "s0", "s1", … (one block each); in-subset 0.95; mask_dims and
-    mask_shared_dims per block (default 3 and 0 for every block)."""
+    disentangle_out_r2 over subsets "s0", "s1", … (one block each); in-subset `inside`; mask_dims
+    and mask_shared_dims per block (default 3 and 0 for every block)."""
     k = len(preserve)
     mask_dims = mask_dims or (3,) * k
     shared = shared or (0,) * k
@@ -33,7 +34,9 @@ def run_rows(
         meta | {"quantity": "preserve_r2", "block": f"z{b}", "value": v}
         for b, v in enumerate(preserve)
     ]
-    rows += [meta | {"quantity": "disentangle_in_r2", "block": "z0", "subset": "z0", "value": 0.95}]
+    rows += [
+        meta | {"quantity": "disentangle_in_r2", "block": "z0", "subset": "z0", "value": inside}
+    ]
     rows += [
         meta | {"quantity": "disentangle_out_r2", "block": "z1", "subset": f"s{i}", "value": v}
         for i, v in enumerate(out)
@@ -64,25 +67,25 @@ def test_widths_are_offsets_and_multiples_of_the_described_dims():
     # factor 1 and offset 0 give one width; ⌈1.1 · 15⌉ = ⌈16.5⌉ = 17
     cfg = dataclasses.replace(CFG, width_offsets=(0, 1), width_factors=(1.0, 1.1, 1.5))
     assert cfg.widths("few-large") == (15, 16, 17, 23)
-    assert (
-        capacity.described_dims(capacity.WorldConfig(block_dims=(2, 4), include_prob=(0.5,))) == 6
-    )
-    # a block no caption describes needs no room: d counts the described blocks only
-    dropped = capacity.WorldConfig(block_dims=(2, 4, 3), include_prob=(0.5, 0.5, 0.0))
-    assert capacity.described_dims(dropped) == 6
 
 
-def test_jobs_cover_the_grid_and_carry_every_setting_of_a_cell():
-    todo = capacity.jobs(CFG)
+def test_jobs_cover_the_default_grid_and_carry_every_setting_of_a_cell():
+    default = capacity.CapacityConfig(steps=100)
+    assert default.widths("middle") == (15, 16, 23, 30)
+    assert default.widths("many-small") == (16, 17, 24, 32)
+    todo = capacity.jobs(default)
     expected = {
         (w, width, weight, seed)
-        for w in ("few-large", "middle", "many-small")
-        for width in CFG.widths(w)
-        for weight in (0.0, 1.0, 2.0, 4.0)
+        for w in ("middle", "many-small")
+        for width in default.widths(w)
+        for weight in (0.0, 2.0, 4.0)
         for seed in (0, 1, 2)
     }
-    assert len(todo) == len(expected) == 180
-    assert len({j.key for j in todo}) == len({j.run_id for j in todo}) == 180
+    assert len(todo) == len(expected) == 72
+    assert len({j.key for j in todo}) == len({j.run_id for j in todo}) == 72
+    # the release's sparsity weight runs first: a map cut short has its row whole
+    weights = [j.kwargs["meta"]["sparsity_weight"] for j in todo]
+    assert weights[:24] == [2.0] * 24 and 2.0 not in weights[24:]
     found = set()
     for j in todo:
         meta, fit, world = j.kwargs["meta"], j.kwargs["fit_config"], j.kwargs["world_config"]
@@ -186,6 +189,26 @@ def test_verdicts_decide_the_worst_block_and_the_worst_subset_on_the_seeds():
     found = {(r.world, r.width, r.sparsity_weight): (r.P1, r.P2) for r in verdicts.itertuples()}
     assert found == VERDICTS
     assert verdicts.seeds.tolist() == [3] * 6
+
+
+@pytest.mark.parametrize(
+    ("inside", "out", "p2"),
+    [
+        ((0.95, 0.96, 0.97), 0.01, "held"),
+        ((0.75, 0.78, 0.74), 0.01, "not held"),  # a mask that keeps too little of its blocks
+        ((0.85, 0.95, 0.92), 0.01, "undecided"),  # 0.907 ± 0.127 contains 0.9
+        ((0.85, 0.95, 0.92), 0.5, "not held"),  # either part not held: P2 not held
+        ((0.75, 0.78, 0.74), 0.2, "not held"),
+    ],
+)
+def test_p2_needs_the_in_subset_and_the_out_of_subset_claim(inside, out, p2):
+    rows = []
+    for s in range(3):
+        rows += run_rows("few-large", 15, 2.0, s, GOOD, (out,), inside=inside[s])
+    cfg = dataclasses.replace(SMALL, sparsity_weights=(2.0,))
+    (verdict,) = capacity.cell_verdicts(cfg, capacity.per_run(frame(rows))).itertuples()
+    assert (verdict.P1, verdict.P2) == ("held", p2)
+    assert verdict.borderline == (p2 == "undecided")
 
 
 def test_borderline_cells_are_those_with_an_undecided_claim():

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import torch
 from claims import measured_values
 
 import sweep
-from identifiability.conditions import check_prediction, predict
+from identifiability.conditions import CAPACITY_FACTOR, check_prediction, predict
 from smartclip.cli import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,3 +281,22 @@ def test_one_and_two_workers_give_bitwise_the_same_results(tmp_path):
     machine = json.loads((tmp_path / "two" / "config.json").read_text())["machine"]
     assert machine["cpu_paths"] == "avx2" and machine["pinned"]["MKL_CBWR"] == "AVX2"
     assert torch.__version__.startswith(machine["versions"]["torch"])
+
+
+def test_a_world_near_capacity_is_warned_about_before_training():
+    # custom world: 5 blocks × 3 dims, d = 15, the default width 16 is inside d ≤ D < c·d
+    near = synthetic_recovery.RecoveryConfig(n_blocks=5, block_dim=3)
+    (line,) = synthetic_recovery.capacity_warnings(near)
+    wide = math.ceil(CAPACITY_FACTOR * 15)
+    assert line.startswith("warning: custom: embedding width 16 is near capacity")
+    assert f"--embed-dim {wide} clears it" in line
+    cleared = dataclasses.replace(near, embed_dim=wide)
+    assert synthetic_recovery.capacity_warnings(cleared) == []
+    assert not predict(cleared.world_config("custom", 0), embed_dim=wide).near_capacity
+    # no SmartCLIP run, or no sparsity term (the guarantee is void then): nothing to warn about
+    clip_only = dataclasses.replace(near, objectives=("clip",))
+    assert synthetic_recovery.capacity_warnings(clip_only) == []
+    no_sparsity = dataclasses.replace(near, loss_weights=(10.0, 10.0, 0.0))
+    assert synthetic_recovery.capacity_warnings(no_sparsity) == []
+    # the default world (d = 8, D = 16) trains without a warning
+    assert synthetic_recovery.capacity_warnings(synthetic_recovery.RecoveryConfig()) == []

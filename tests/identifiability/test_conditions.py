@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from identifiability.conditions import (
+    CAPACITY,
+    CAPACITY_FACTOR,
+    THEOREM,
     activation_gates,
     atom_formula,
     atoms,
@@ -18,11 +22,13 @@ from identifiability.conditions import (
     correlation_floor,
     coverage_check,
     decide_prediction,
+    described_dims,
     expected_cover_time,
     information_ceiling,
     jacobian_check,
     jacobians,
     mask_distribution,
+    near_capacity,
     predict,
     samples_to_cover,
     set_algebra,
@@ -444,6 +450,51 @@ def test_a_broken_assumption_voids_the_guarantee_and_bounds_take_over(config, kw
     if failed == ("width",):
         (cap,) = [e for e in p.expectations if len(e.blocks) > 1]
         assert cap.kind == "low" and cap.bound == pytest.approx(4 / 8 + 0.05)
+
+
+def test_described_dims_count_only_the_blocks_some_caption_describes():
+    assert described_dims(WorldConfig(block_dims=(2, 4), include_prob=(0.5,))) == 6
+    assert described_dims(WorldConfig(block_dims=(2, 4, 3), include_prob=(0.5, 0.5, 0.0))) == 6
+
+
+def test_near_capacity_is_the_band_from_the_described_dims_to_c_times_them():
+    # below d the width assumption itself fails: that is "void", not "capacity"
+    assert [near_capacity(w, 10, 1.5) for w in (9, 10, 14, 15, 30)] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert not near_capacity(10, 10, 1.0)  # c = 1: the theorem's own condition, no band
+
+
+def test_the_measured_rule_has_a_band():
+    # the map found a band above d where the released loss misses P1 or P2
+    assert CAPACITY_FACTOR > 1
+
+
+def test_near_capacity_labels_the_theorems_claims_and_ample_width_keeps_them():
+    small = WorldConfig(block_dims=(2, 2), include_prob=(0.5,))  # d = 4
+    near = predict(small, embed_dim=4)
+    ample = predict(small, embed_dim=math.ceil(CAPACITY_FACTOR * 4))
+    assert near.guarantee and ample.guarantee  # no assumption fails either way
+    assert near.near_capacity and not ample.near_capacity
+    # the same claims with the same bounds; only their basis moves theorem -> capacity
+    moved = [dataclasses.replace(e, basis=THEOREM) for e in near.expectations]
+    assert moved == list(ample.expectations)
+    assert {e.basis for e in ample.expectations} == {THEOREM}
+    assert {e.basis for e in near.expectations} == {CAPACITY}
+
+
+def test_capacity_never_replaces_void_and_is_smartclips_alone():
+    small = WorldConfig(block_dims=(2, 2), include_prob=(0.5,))
+    assert CAPACITY not in {e.basis for e in predict(small, embed_dim=3).expectations}
+    no_sparsity = predict(small, embed_dim=4, sparsity_weight=0.0)
+    assert CAPACITY not in {e.basis for e in no_sparsity.expectations}
+    assert not predict(small, "clip", embed_dim=4).near_capacity
+    # the factor is a parameter: factor 1 is the theorem's own width condition
+    assert not predict(small, embed_dim=4, capacity_factor=1.0).near_capacity
 
 
 def test_check_prediction_compares_measured_values():
