@@ -60,7 +60,7 @@ after 10k steps fell further at 20k (0.82 → 0.66): a failure can grow with tra
 6000 steps bounds the needed width from below. Time, measured on the 2-core machine: the 72
 stage-1 runs took about 1 h 55 min (about 95 training steps a second over both workers, plus the
 evaluations; 14 minutes of it beside the test suite); the committed map's 12 undecided cells
-would add 12 runs of 12,000 steps (about 26 minutes). --quick: 72 s.
+would add 12 runs of 12,000 steps (about 26 minutes). --quick: 35 s on idle cores.
 """
 
 from __future__ import annotations
