@@ -450,8 +450,8 @@ class Expectation:
     mask dims are used for block_r2. `basis`: "theorem" (follows from the assumptions, which all
     hold), "bound" (information-theoretic, holds regardless), "void" (the theorem's claim, but an
     assumption fails), "capacity" (the theorem's claim, every assumption holds, but the width is
-    near capacity: `near_capacity`, where the released loss was measured to trade a block for
-    sparsity), "conjecture" (P4: to measure, not assumed)."""
+    near capacity: `near_capacity`, where the released loss was measured to lose part of a block
+    to a mask with too few dims), "conjecture" (P4: to measure, not assumed)."""
 
     quantity: str
     blocks: Subset
@@ -596,8 +596,12 @@ def predict(
     flags = assumptions(world, objective, algebra, embed_dim, sparsity_weight, n_samples)
     basis = THEOREM if all(v.holds for v in flags.values()) else VOID
     needed = int(flags["width"].numbers["needed"])
-    if basis == THEOREM and objective == "smartclip":
-        basis = CAPACITY if near_capacity(embed_dim, needed, capacity_factor) else THEOREM
+    if (
+        basis == THEOREM
+        and objective == "smartclip"
+        and near_capacity(embed_dim, needed, capacity_factor)
+    ):
+        basis = CAPACITY
     ceiling = (
         information_ceiling(world)
         if not (flags["invertible"].holds and flags["noiseless"].holds)
