@@ -75,7 +75,15 @@ import pandas as pd
 from synthetic_recovery import tag_rows
 
 from identifiability.conditions import described_dims
-from identifiability.verdicts import HELD, MIN_SEEDS, NO_VERDICT, NOT_HELD, UNDECIDED, decide
+from identifiability.verdicts import (
+    HELD,
+    MIN_SEEDS,
+    NO_VERDICT,
+    NOT_HELD,
+    UNDECIDED,
+    combine,
+    decide,
+)
 from smartclip.checkpoint import atomic_write_text
 from smartclip.cli import require
 from smartclip.fit import FitConfig, TrainSettings
@@ -263,8 +271,8 @@ def per_run(results: pd.DataFrame) -> pd.DataFrame:
 def cell_verdicts(cfg: CapacityConfig, runs: pd.DataFrame) -> pd.DataFrame:
     """Per cell (stage-1 runs), in the config's order: seeds, P1 = "worst_preserve ≥ high" and
     P2 = "worst_in ≥ high" and "worst_out ≤ low", decided on the seeds
-    (`identifiability.verdicts.decide`; P2 by `_both`), and borderline = P1 or P2 undecided (the
-    rule that earns a cell its longer run)."""
+    (`identifiability.verdicts.decide`; P2's two joined by `combine`), and borderline = P1 or P2
+    undecided (the rule that earns a cell its longer run)."""
     stage1 = runs.xs(cfg.steps, level="steps")
     rows = []
     for cell in cfg.cells():
@@ -272,24 +280,17 @@ def cell_verdicts(cfg: CapacityConfig, runs: pd.DataFrame) -> pd.DataFrame:
             continue
         seeds = stage1.loc[cell]
         p1 = decide("high", cfg.high, seeds.worst_preserve.tolist())
-        p2 = _both(
-            decide("high", cfg.high, seeds.worst_in.tolist()),
-            decide("low", cfg.low, seeds.worst_out.tolist()),
+        p2 = combine(
+            (
+                decide("high", cfg.high, seeds.worst_in.tolist()),
+                decide("low", cfg.low, seeds.worst_out.tolist()),
+            )
         )
         rows.append(
             dict(zip(CELL, cell, strict=True))
             | {"seeds": len(seeds), "P1": p1, "P2": p2, "borderline": UNDECIDED in (p1, p2)}
         )
     return pd.DataFrame(rows)
-
-
-def _both(first: str, second: str) -> str:
-    """Two claims' verdicts as one: not held if either is, held if both are, else undecided (no
-    verdict if neither has one)."""
-    found = {first, second}
-    if found == {NO_VERDICT}:
-        return NO_VERDICT
-    return NOT_HELD if NOT_HELD in found else HELD if found == {HELD} else UNDECIDED
 
 
 def borderline(cfg: CapacityConfig, runs: pd.DataFrame) -> list[tuple]:

@@ -63,14 +63,22 @@ def decide(kind: str, bound: float, values: Sequence[float]) -> str:
     return HELD if high < bound else NOT_HELD if low >= bound else UNDECIDED
 
 
+def combine(verdicts: Iterable[str]) -> str:
+    """The verdict of claims that must all hold: not held if any is, held if all are (none
+    counts as all), no verdict if none has one, undecided otherwise."""
+    found = set(verdicts)
+    if found == {NO_VERDICT}:
+        return NO_VERDICT
+    return NOT_HELD if NOT_HELD in found else HELD if found <= {HELD} else UNDECIDED
+
+
 def overall(verdicts: Iterable[str], seeds: int) -> str:
     """A table row's verdict from its claims' verdicts: "<n> seed(s): no verdict" below
-    `MIN_SEEDS` seeds, else "NOT held" if any claim is not held, "undecided" if any is
-    undecided, "held" otherwise."""
+    `MIN_SEEDS` seeds, else `combine`'s, with "NOT held" in capitals."""
     if seeds < MIN_SEEDS:
         return f"{seeds} seed{'s' * (seeds > 1)}: no verdict"
-    found = set(verdicts)
-    return "NOT held" if NOT_HELD in found else "undecided" if UNDECIDED in found else "held"
+    verdict = combine(verdicts)
+    return "NOT held" if verdict == NOT_HELD else verdict
 
 
 @dataclass(frozen=True)

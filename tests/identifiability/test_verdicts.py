@@ -10,6 +10,7 @@ from identifiability.verdicts import (
     NOT_HELD,
     UNDECIDED,
     Decided,
+    combine,
     decide,
     overall,
     t_interval,
@@ -70,3 +71,12 @@ def test_a_rows_verdict_is_its_worst_claims():
     assert overall([HELD, HELD], 5) == "held"
     assert overall([NOT_HELD], 1) == "1 seed: no verdict"
     assert overall([HELD], 2) == "2 seeds: no verdict"
+    assert overall([], 3) == "held"  # a row without claims has none that fails
+
+
+def test_claims_that_must_all_hold_combine_to_the_worst():
+    assert combine([HELD, UNDECIDED, NOT_HELD]) == NOT_HELD
+    assert combine([NOT_HELD, NO_VERDICT]) == NOT_HELD
+    assert combine([HELD, UNDECIDED]) == combine([HELD, NO_VERDICT]) == UNDECIDED
+    assert combine([HELD, HELD]) == combine([]) == HELD
+    assert combine([NO_VERDICT, NO_VERDICT]) == NO_VERDICT
