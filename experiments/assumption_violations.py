@@ -206,11 +206,7 @@ def row_summary(
     return {
         "world": name,
         "change": WORLDS[name].change,
-        "guarantee": (
-            ("holds; near capacity" if p.near_capacity else "holds")
-            if p.guarantee
-            else "void: " + ", ".join(p.failed)
-        ),
+        "guarantee": p.status + (": " + ", ".join(p.failed) if p.failed else ""),
         "prediction": describe(p),
         "seeds": seeds,
         "preserve_r2 z0..": preserve,

@@ -485,11 +485,7 @@ def claims_table(cfg: RecoveryConfig, results: pd.DataFrame) -> pd.DataFrame:
             {
                 "world": world,
                 "objective": objective,
-                "guarantee": (
-                    ("holds; near capacity" if prediction.near_capacity else "holds")
-                    if prediction.guarantee
-                    else "void"
-                ),
+                "guarantee": prediction.status,
                 "claims held / not / undecided": (
                     f"{counts[HELD]} / {counts[NOT_HELD]} / {counts[UNDECIDED]} of {len(decisions)}"
                 ),

@@ -495,6 +495,13 @@ class Prediction:
         """True iff the guarantee holds and the theorem's claims are labelled "capacity"."""
         return any(e.basis == CAPACITY for e in self.expectations)
 
+    @property
+    def status(self) -> str:
+        """ "holds", "holds; near capacity" or "void": the guarantee as the claim tables show it."""
+        if not self.guarantee:
+            return "void"
+        return "holds; near capacity" if self.near_capacity else "holds"
+
 
 def _flag(holds: bool, numbers: dict[str, float], good: str, bad: str) -> Verdict:
     return Verdict(holds, numbers, good if holds else bad)

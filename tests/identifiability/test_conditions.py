@@ -480,6 +480,8 @@ def test_near_capacity_labels_the_theorems_claims_and_ample_width_keeps_them():
     ample = predict(small, embed_dim=math.ceil(CAPACITY_FACTOR * 4))
     assert near.guarantee and ample.guarantee  # no assumption fails either way
     assert near.near_capacity and not ample.near_capacity
+    assert (near.status, ample.status) == ("holds; near capacity", "holds")
+    assert predict(small, embed_dim=3).status == "void"
     # the same claims with the same bounds; only their basis moves theorem -> capacity
     moved = [dataclasses.replace(e, basis=THEOREM) for e in near.expectations]
     assert moved == list(ample.expectations)
